@@ -1,0 +1,102 @@
+"""``pretrainflow``: run the flow, one stage, data commands, predict, serve, ui.
+
+Failures a user can cause (bad params, a wrong path, data that fails validation, a stopped
+server) end with one message naming the thing, the check and the fix, and exit status 2
+(usage or config) or 1 (data or run failure); never a bare traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+# Before prefect is imported: no analytics calls offline, and the stages' epoch logs shown.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline_tasks")
+
+
+class UserError(Exception):
+    """An error the user can fix; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _params_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one param, e.g. --set pretrain.epochs=2 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pretrainflow",
+        description="Self-supervised pretraining + fine-tuning on few labels, orchestrated by "
+                    "Prefect, tracked in MLflow, versioned with DVC, gated by Great Expectations.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the whole pipeline as the Prefect flow 'pretrain-finetune'")
+    _params_arg(run)
+    run.add_argument("--data-dir", help="image folder laid out as <class>/<image> (default: data.dir)")
+    run.add_argument("--no-cache", action="store_true", help="rerun every stage, ignoring Prefect's cache")
+
+    stage = sub.add_parser("stage", help="run one stage (what dvc.yaml calls)")
+    stage.add_argument("name", choices=["validate", "preprocess", "pretrain", "finetune", "evaluate",
+                                        "register"])
+    _params_arg(stage)
+
+    data = sub.add_parser("data", help="create or import the image folder")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    builtin = dsub.add_parser("builtin", help="write a built-in dataset (offline), then `dvc add` it")
+    builtin.add_argument("name", choices=["mnist-5k"])
+    builtin.add_argument("--out", default="data", help="destination folder (default: data)")
+    builtin.add_argument("--limit-per-class", type=int, default=None, metavar="N")
+
+    predict = sub.add_parser("predict", help="classify image files with a registered model")
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    predict.add_argument("--model-uri", default="models:/pretrainflow-classifier@champion")
+    predict.add_argument("--output", help="write predictions to this CSV instead of stdout")
+
+    serve = sub.add_parser("serve", help="serve the flow as a Prefect deployment with a schedule")
+    serve.add_argument("--cron", default=None, help="cron schedule, e.g. '0 3 * * *' (default: none)")
+    _params_arg(serve)
+
+    ui = sub.add_parser("ui", help="start local Prefect and MLflow servers and print their URLs")
+    ui.add_argument("--prefect-port", type=int, default=4200)
+    ui.add_argument("--mlflow-port", type=int, default=5000)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.getLogger("pipeline_tasks").setLevel(logging.INFO)  # epoch lines in Prefect's log
+    from flows import commands  # noqa: PLC0415 - heavy imports only after argument parsing
+
+    handler = {"run": commands.cmd_run, "stage": commands.cmd_stage, "data": commands.cmd_data,
+               "predict": commands.cmd_predict, "serve": commands.cmd_serve, "ui": commands.cmd_ui}
+    try:
+        return handler[args.command](args)
+    except UserError as exc:
+        print(f"pretrainflow {args.command}: error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    width = max(len(k) for k in summary)
+    print("\n== pretrainflow summary ==")
+    for key, value in summary.items():
+        shown = f"{value:.4f}" if isinstance(value, float) and key != "seconds" else value
+        print(f"  {key:<{width}}  {shown}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Handlers behind ``pretrainflow`` subcommands; each returns an exit status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import warnings
+from pathlib import Path
+
+from flows.cli import UserError, print_summary
+from flows.dvc import DvcError, commit_stage_outputs, in_dvc_repo, record_data_version, tracks
+from flows.tracking import TrackingError, lineage_tags, setup_tracking
+from pipeline_tasks.config import ConfigError, PipelineConfig, load_config
+from pipeline_tasks.datasets import DatasetError, write_builtin
+from pipeline_tasks.validate import DataError, list_images
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def _config(args: argparse.Namespace, data_dir: str | None = None) -> PipelineConfig:
+    sets = list(args.overrides) + ([f"data.dir={json.dumps(data_dir)}"] if data_dir else [])
+    try:
+        return load_config(args.params, sets)
+    except ConfigError as exc:
+        raise UserError(str(exc), code=2) from exc
+
+
+def _preflight(cfg: PipelineConfig) -> str:
+    """Cheap checks before Prefect starts: the data folder and the tracking store."""
+    try:
+        list_images(cfg.data.dir)
+        return setup_tracking(cfg.tracking.experiment)
+    except (DataError, TrackingError) as exc:
+        raise UserError(str(exc)) from exc
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _config(args, args.data_dir)
+    _preflight(cfg)
+    tracked = tracks(cfg.data.dir)
+    try:
+        if tracked:
+            record_data_version(cfg.data.dir)  # every run points at a version dvc can restore
+    except DvcError as exc:
+        raise UserError(f"{exc}; fix the DVC repository (`dvc doctor`) and rerun") from exc
+    from flows.pipeline import pretrain_finetune  # noqa: PLC0415 - imports prefect
+
+    state = pretrain_finetune(params=args.params, overrides=args.overrides, data_dir=args.data_dir,
+                              no_cache=args.no_cache, return_state=True)
+    if state.is_failed():
+        raise UserError(state.message or "the flow failed; see the log above")
+    summary = state.result()
+    print_summary(summary)
+    if tracked and args.params == "params.yaml" and not args.overrides and in_dvc_repo():
+        try:
+            commit_stage_outputs()
+            print("DVC: stage outputs recorded in dvc.lock (`dvc status` is clean)")
+        except DvcError as exc:
+            print(f"DVC: outputs not recorded ({exc})", file=sys.stderr)
+    return 0
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from flows.stages import RUNNERS, ArtifactPaths, RunContext  # noqa: PLC0415
+
+    cfg = _config(args)
+    experiment_id = _preflight(cfg)
+    ctx = RunContext(experiment_id, None, {**lineage_tags(cfg.data.dir), "runner": "pretrainflow stage"})
+    try:
+        record = RUNNERS[args.name](cfg, ArtifactPaths(), ctx)
+    except (DataError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+    print(f"{args.name}: {record}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    try:
+        counts = write_builtin(args.name, out, args.limit_per_class)
+    except DatasetError as exc:
+        raise UserError(str(exc)) from exc
+    print(f"wrote {sum(counts.values())} images in {len(counts)} classes to {out}/")
+    if tracks(out):
+        try:
+            record_data_version(out)
+            print(f"DVC: recorded {out} in data.dvc")
+        except DvcError as exc:
+            raise UserError(f"{exc}; the images are in {out}, run `dvc add {out}` by hand") from exc
+    return 0
+
+
+def _image_files(paths: list[str]) -> list[Path]:
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UserError(f"{p}: no such file or folder; pass image files or folders to predict")
+    if not files:
+        raise UserError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {' '.join(paths)}")
+    return files
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import mlflow  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    from pipeline_tasks.preprocess import load_image  # noqa: PLC0415
+
+    files = _image_files(args.paths)
+    # MLflow nags about type hints on predict(); the model has an explicit tensor signature.
+    warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
+    try:
+        setup_tracking(os.environ.get("MLFLOW_EXPERIMENT_NAME", "pretrainflow"))
+        model = mlflow.pyfunc.load_model(args.model_uri)
+    except (TrackingError, mlflow.exceptions.MlflowException) as exc:
+        raise UserError(f"cannot load model {args.model_uri}: {str(exc).splitlines()[0]}. "
+                        "Run `pretrainflow run` first, or pass --model-uri.") from exc
+    shape = model.metadata.get_input_schema().inputs[0].shape  # (-1, H, W) or (-1, H, W, 3)
+    channels = 1 if len(shape) == 3 else 3
+    try:
+        images = np.stack([load_image(f, shape[1], channels).transpose(1, 2, 0) for f in files])
+    except OSError as exc:
+        raise UserError(f"cannot decode an image: {exc}; remove or replace that file") from exc
+    preds = model.predict(images[..., 0] if channels == 1 else images)
+    preds.insert(0, "path", [str(f) for f in files])
+    if args.output:
+        preds.to_csv(args.output, index=False)
+        print(f"wrote {len(preds)} predictions to {args.output}")
+    else:
+        print(preds.to_csv(index=False), end="")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _config(args)  # fail now on bad params, not at the first scheduled run
+    from flows.pipeline import pretrain_finetune  # noqa: PLC0415
+
+    pretrain_finetune.serve(name="pretrain-finetune", cron=args.cron,
+                            parameters={"params": args.params, "overrides": args.overrides})
+    return 0
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise UserError(f"the server for {url} exited with status {proc.returncode}; "
+                            "is the port already in use? pass another --*-port")
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise UserError(f"{url} did not answer within {seconds:.0f} s")
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    env = {**os.environ, "PREFECT_SERVER_API_PORT": str(args.prefect_port),
+           "PREFECT_API_URL": f"http://127.0.0.1:{args.prefect_port}/api",
+           "PREFECT_UI_API_URL": f"http://127.0.0.1:{args.prefect_port}/api"}
+    bin_dir = Path(sys.executable).parent
+    procs = [
+        subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1",
+                          "--port", str(args.prefect_port)], env=env),
+        subprocess.Popen([str(bin_dir / "mlflow"), "server", "--host", "127.0.0.1",
+                          "--port", str(args.mlflow_port), "--backend-store-uri", "sqlite:///mlflow.db",
+                          "--default-artifact-root", Path("mlartifacts").resolve().as_uri()]),
+    ]
+    try:
+        _wait_healthy(f"http://127.0.0.1:{args.prefect_port}/api/health", procs[0], 60)
+        _wait_healthy(f"http://127.0.0.1:{args.mlflow_port}/health", procs[1], 90)
+        print(f"Prefect UI: http://127.0.0.1:{args.prefect_port}\n"
+              f"MLflow UI:  http://127.0.0.1:{args.mlflow_port}\n"
+              f"To send runs there: export PREFECT_API_URL=http://127.0.0.1:{args.prefect_port}/api "
+              f"MLFLOW_TRACKING_URI=http://127.0.0.1:{args.mlflow_port}\nCtrl-C stops both.")
+        while all(p.poll() is None for p in procs):
+            time.sleep(1)
+        raise UserError("a server stopped by itself; see its log above")
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+    return 0

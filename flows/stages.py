@@ -1,0 +1,158 @@
+"""The six stages as tracked steps: each reads earlier stages' outputs from ``artifacts/``,
+calls the framework-free code in ``pipeline_tasks``, and records an MLflow run.
+
+The Prefect flow (``flows.pipeline``) and ``pretrainflow stage NAME`` (what ``dvc.yaml``
+calls) both run these functions, so the two routes cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from flows.registry import RegisterRecord, register_model
+from flows.tracking import mlflow_log_metrics, stage_run
+from pipeline_tasks.config import PipelineConfig
+from pipeline_tasks.evaluate import EvaluateRecord, evaluate_classifier
+from pipeline_tasks.finetune import FinetuneRecord, finetune_classifier
+from pipeline_tasks.preprocess import PreprocessRecord, preprocess_data
+from pipeline_tasks.pretrain import PretrainRecord, pretrain_encoder
+from pipeline_tasks.validate import DataError, ValidationRecord, validate_data
+
+STAGES = ("validate", "preprocess", "pretrain", "finetune", "evaluate", "register")
+
+
+@dataclass(frozen=True)
+class ArtifactPaths:
+    """Where each stage writes (the DVC outs in dvc.yaml)."""
+
+    root: Path = Path("artifacts")
+
+    @property
+    def validation(self) -> Path:
+        return self.root / "validation"
+
+    @property
+    def preprocessed(self) -> Path:
+        return self.root / "preprocessed"
+
+    @property
+    def pretrain(self) -> Path:
+        return self.root / "pretrain"
+
+    @property
+    def finetune(self) -> Path:
+        return self.root / "finetune"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def registered(self) -> Path:
+        return self.root / "registered.json"
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every stage run needs from its caller; nothing here enters a cache key."""
+
+    experiment_id: str
+    parent_run_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def require(path: Path, stage: str) -> Path:
+    """An upstream output; missing means the user ran a stage out of order."""
+    if not path.exists():
+        raise DataError(
+            f"{path}: not found. It is written by the '{stage}' stage: run "
+            f"`pretrainflow stage {stage}` (or `dvc repro`, or `pretrainflow run`) first."
+        )
+    return path
+
+
+def run_validate(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> ValidationRecord:
+    with stage_run("validate", ctx.experiment_id, ctx.parent_run_id,
+                   cfg.section("validate"), ctx.tags):
+        try:
+            record = validate_data(cfg.data.dir, cfg.validate_, paths.validation)
+        finally:
+            if (paths.validation / "report.json").exists():
+                mlflow.log_artifacts(str(paths.validation), "validation")
+        mlflow.log_metrics({"n_images": record.n_images, "n_classes": record.n_classes})
+        mlflow.set_tag("data_digest", record.data_digest)
+        return record
+
+
+def run_preprocess(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> PreprocessRecord:
+    manifest = require(paths.validation / "manifest.csv", "validate")
+    with stage_run("preprocess", ctx.experiment_id, ctx.parent_run_id,
+                   {**cfg.section("data"), **cfg.section("preprocess")}, ctx.tags):
+        record = preprocess_data(manifest, cfg.data.dir, cfg.data, cfg.preprocess, paths.preprocessed)
+        mlflow.log_metrics({"n_train": record.n_train, "n_val": record.n_val, "n_test": record.n_test})
+        mlflow.log_artifact(str(paths.preprocessed / "splits.csv"), "preprocess")
+        return record
+
+
+def run_pretrain(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> PretrainRecord:
+    require(paths.preprocessed / "train.pt", "preprocess")
+    with stage_run("pretrain", ctx.experiment_id, ctx.parent_run_id,
+                   cfg.section("pretrain"), ctx.tags):
+        record = pretrain_encoder(paths.preprocessed, cfg.pretrain, paths.pretrain, mlflow_log_metrics)
+        mlflow.log_artifact(record.encoder_path, "pretrain")
+        return record
+
+
+def run_finetune(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> FinetuneRecord:
+    classes = json.loads(require(paths.preprocessed / "classes.json", "preprocess").read_text())
+    encoder = require(paths.pretrain / "encoder.pt", "pretrain")
+    with stage_run("finetune", ctx.experiment_id, ctx.parent_run_id,
+                   cfg.section("finetune"), ctx.tags):
+        record = finetune_classifier(paths.preprocessed, encoder, tuple(classes), cfg.finetune,
+                                     paths.finetune, mlflow_log_metrics)
+        mlflow.log_metrics({"best_val_accuracy": record.best_val_accuracy,
+                            "n_labeled": record.n_labeled})
+        return record
+
+
+def run_evaluate(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> EvaluateRecord:
+    classifier = require(paths.finetune / "classifier.pt", "finetune")
+    with stage_run("evaluate", ctx.experiment_id, ctx.parent_run_id,
+                   cfg.section("evaluate"), ctx.tags):
+        record = evaluate_classifier(paths.preprocessed, classifier, cfg.evaluate, paths.metrics,
+                                     paths.plots)
+        metrics = json.loads(paths.metrics.read_text())
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifact(str(paths.metrics))
+        mlflow.log_artifacts(str(paths.plots), "plots")
+        if ctx.parent_run_id:  # the headline numbers also on the parent run, for the run list
+            mlflow.MlflowClient().log_batch(ctx.parent_run_id, metrics=[
+                mlflow.entities.Metric(k, float(v), mlflow.utils.time.get_current_time_millis(), 0)
+                for k, v in metrics.items()])
+        return record
+
+
+def run_register(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> RegisterRecord:
+    classifier = require(paths.finetune / "classifier.pt", "finetune")
+    metrics = json.loads(require(paths.metrics, "evaluate").read_text())
+    with stage_run("register", ctx.experiment_id, ctx.parent_run_id,
+                   cfg.section("register"), ctx.tags) as run_id:
+        record = register_model(classifier, metrics, cfg, run_id)
+        paths.registered.write_text(json.dumps(record.__dict__, indent=2) + "\n")
+        return record
+
+
+RUNNERS: dict[str, Callable[[PipelineConfig, ArtifactPaths, RunContext], Any]] = {
+    "validate": run_validate, "preprocess": run_preprocess, "pretrain": run_pretrain,
+    "finetune": run_finetune, "evaluate": run_evaluate, "register": run_register,
+}

@@ -1,0 +1,102 @@
+"""MLflow tracking: where runs go, what every run is tagged with, one nested run per stage."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import yaml
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+LogMetrics = Callable[[dict[str, float], int], None]
+
+
+class TrackingError(RuntimeError):
+    """MLflow cannot be reached or used; the message says how to fix it."""
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else a sqlite store in the project folder."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def setup_tracking(experiment: str) -> str:
+    """Point MLflow at the tracking store and experiment; returns the experiment id.
+
+    An HTTP server is probed first so that a stopped server is one clear error, not a
+    minute of retries followed by a traceback.
+    """
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
+        except (urllib.error.URLError, OSError) as exc:
+            raise TrackingError(
+                f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is not answering /health "
+                f"({exc}). Start it (`pretrainflow ui`), or unset MLFLOW_TRACKING_URI to use "
+                f"{DEFAULT_TRACKING_URI}."
+            ) from exc
+    mlflow.set_tracking_uri(uri)
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        return str(found.experiment_id)
+    location = None
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        location = Path("mlartifacts").resolve().as_uri()  # beside mlflow.db, not in cwd/mlruns
+    return str(mlflow.create_experiment(experiment, artifact_location=location))
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def dvc_data_md5(data_dir: str | Path, dvc_file: str | Path = "data.dvc") -> str:
+    """The md5 that ``data.dvc`` records for ``data_dir``, or ``untracked``."""
+    path = Path(dvc_file)
+    if not path.is_file():
+        return "untracked"
+    try:
+        outs = (yaml.safe_load(path.read_text()) or {}).get("outs", [])
+    except yaml.YAMLError:
+        return "untracked"
+    tracked = (path.parent / outs[0]["path"]).resolve() if outs else None
+    if tracked != Path(data_dir).resolve():
+        return "untracked"
+    return str(outs[0].get("md5", "untracked"))
+
+
+def lineage_tags(data_dir: str | Path) -> dict[str, str]:
+    return {
+        "git_commit": git_commit(),
+        "data_dvc_md5": dvc_data_md5(data_dir),
+        "data_dir": str(Path(data_dir).resolve()),
+    }
+
+
+def mlflow_log_metrics(metrics: dict[str, float], step: int) -> None:
+    """The ``log_metrics`` callable handed to the training loops (called once per epoch)."""
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, experiment_id: str, parent_run_id: str | None,
+              params: dict[str, Any], tags: dict[str, str]) -> Iterator[str]:
+    """An MLflow run for one stage, nested under the flow's run when there is one."""
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=stage, nested=parent_run_id is not None,
+        parent_run_id=parent_run_id, tags={"pretrainflow.stage": stage, **tags},
+    ) as run:
+        if params:
+            mlflow.log_params(params)
+        yield run.info.run_id

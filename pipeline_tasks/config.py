@@ -1,0 +1,178 @@
+"""Pipeline configuration: one pydantic model per ``params.yaml`` section.
+
+Every model forbids unknown keys, so a misspelt key in ``params.yaml`` or in a
+``--set section.key=value`` override is an error that names the key, not a silent no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A user-fixable problem with params.yaml or an override."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    dir: str = "data"
+    image_size: int = Field(28, ge=8, le=1024)
+    channels: Literal[1, 3] = 1
+    # Keep at most N images per class (quick runs on big folders); None keeps all.
+    limit_per_class: int | None = Field(None, ge=1)
+
+
+class ValidateConfig(_Section):
+    min_classes: int = Field(2, ge=2)
+    min_images_per_class: int = Field(10, ge=1)
+
+
+class PreprocessConfig(_Section):
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0, lt=0.5)
+    seed: int = 42
+
+
+class PretrainConfig(_Section):
+    method: Literal["simclr"] = "simclr"
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(256, ge=4)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: int = Field(1, ge=0)
+    temperature: float = Field(0.5, gt=0)
+    projection_dim: int = Field(128, ge=8)
+    base_width: int = Field(16, ge=4)
+    # Augmentation strengths (per image, drawn independently for each view).
+    crop_scale_min: float = Field(0.4, gt=0, le=1)
+    rotation_degrees: float = Field(15.0, ge=0, le=180)
+    jitter: float = Field(0.4, ge=0, le=1)
+    noise_std: float = Field(0.05, ge=0)
+    erase_prob: float = Field(0.5, ge=0, le=1)
+    hflip: bool = False  # off for digits: a mirrored 3 is not a 3
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+
+
+class FinetuneConfig(_Section):
+    mode: Literal["full", "linear"] = "full"
+    label_fraction: float = Field(0.1, gt=0, le=1)
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+
+
+class EvaluateConfig(_Section):
+    batch_size: int = Field(512, ge=1)
+
+
+class RegisterConfig(_Section):
+    model_name: str = Field("pretrainflow-classifier", min_length=1)
+    # The new version takes the champion alias only when it beats the champion by this much.
+    min_improvement: float = Field(0.0, ge=0)
+
+
+class TrackingConfig(_Section):
+    experiment: str = Field("pretrainflow", min_length=1)
+
+
+class PipelineConfig(_Section):
+    data: DataConfig = DataConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    preprocess: PreprocessConfig = PreprocessConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    register_: RegisterConfig = Field(RegisterConfig(), alias="register")
+    tracking: TrackingConfig = TrackingConfig()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _splits_leave_training_data(self) -> PipelineConfig:
+        p = self.preprocess
+        if p.val_fraction + p.test_fraction >= 0.9:
+            raise ValueError("preprocess.val_fraction + preprocess.test_fraction must be < 0.9")
+        return self
+
+    def section(self, name: str) -> dict[str, Any]:
+        """One section as a plain dict (``validate`` by its YAML name)."""
+        return dict(self.model_dump(by_alias=True)[name])
+
+    def section_digest(self, *names: str) -> str:
+        """Short stable hash of the named sections: part of every cache key."""
+        blob = json.dumps({n: self.section(n) for n in names}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def flat(self) -> dict[str, Any]:
+        """``{"section.key": value}`` for MLflow params."""
+        return {
+            f"{s}.{k}": v for s, sec in self.model_dump(by_alias=True).items() for k, v in sec.items()
+        }
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``"pretrain.lr=0.01"`` -> ``("pretrain", "lr", 0.01)``; the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    section, dot, field = key.strip().partition(".")
+    if not sep or not dot or not section or not field:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. --set pretrain.epochs=2")
+    return section, field, yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> PipelineConfig:
+    """Read ``params.yaml`` (or defaults when ``path`` is None) and apply ``--set`` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: params file not found; pass --params PATH to an existing file")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML ({exc}); fix the syntax") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: expected a mapping of sections at the top level")
+    for text in overrides:
+        section, field, value = parse_override(text)
+        if section not in _section_names():
+            known = ", ".join(sorted(_section_names()))
+            raise ConfigError(f"--set {text!r}: unknown section {section!r}; known sections: {known}")
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"section {section!r} must be a mapping")
+        raw[section][field] = value
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from exc
+
+
+def _section_names() -> list[str]:
+    return [f.alias or n for n, f in PipelineConfig.model_fields.items()]
+
+
+def _describe(exc: ValidationError, path: str | Path | None) -> str:
+    where = str(path) if path else "defaults"
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown key {key!r}: check its spelling against params.yaml")
+        else:
+            lines.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+    return f"invalid configuration ({where} + --set overrides): " + "; ".join(lines)

@@ -1,0 +1,34 @@
+"""Shared fixtures: real digits, the real params.yaml shrunk to seconds (lightning-hydra style)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline_tasks.config import PipelineConfig, load_config
+from pipeline_tasks.datasets import write_builtin
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = REPO / "params.yaml"
+
+# Everything small: 1 pretrain epoch on ~80 images, a 2-epoch fine-tune, CPU.
+TINY = [
+    "validate.min_images_per_class=5",
+    "pretrain.epochs=1", "pretrain.batch_size=32", "pretrain.base_width=8", "pretrain.device=cpu",
+    "finetune.epochs=2", "finetune.label_fraction=0.5", "finetune.batch_size=16",
+    "finetune.device=cpu",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 real MNIST digits per class (120 PNGs) in the ImageFolder layout."""
+    out = tmp_path_factory.mktemp("tiny") / "data"
+    write_builtin("mnist-5k", out, limit_per_class=12)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(tiny_data: Path) -> PipelineConfig:
+    return load_config(PARAMS, [*TINY, f"data.dir={tiny_data}"])

@@ -1,0 +1,62 @@
+"""`pretrainflow run` leaves `dvc status` clean; `dvc repro` rebuilds deleted artifacts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import PARAMS, REPO, TINY
+
+pytestmark = pytest.mark.slow
+
+
+def _sh(repo: Path, *cmd: str) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{repo}/mlflow.db", "DVC_NO_ANALYTICS": "1"}
+    env.pop("PREFECT_API_URL", None)  # let the CLI start its own ephemeral API, as a user's would
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def _tiny_params(dest: Path) -> None:
+    params = yaml.safe_load(PARAMS.read_text())
+    for item in TINY:
+        key, value = item.split("=")
+        section, field = key.split(".")
+        params[section][field] = yaml.safe_load(value)
+    dest.write_text(yaml.safe_dump(params))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
+    """A copy of the project (code, dvc.yaml, tiny params.yaml) with its own git + DVC repo."""
+    root = tmp_path_factory.mktemp("project")
+    for name in ("pipeline_tasks", "flows"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    _tiny_params(root / "params.yaml")
+    shutil.copytree(tiny_data, root / "data")
+    _sh(root, "git", "init", "-q")
+    _sh(root, sys.executable, "-m", "dvc", "init", "-q")
+    return root
+
+
+def test_run_then_dvc_status_is_clean_and_repro_rebuilds(repo: Path) -> None:
+    out = _sh(repo, "pretrainflow", "run")
+    assert "test_accuracy" in out and "dvc.lock" in out
+    assert (repo / "data.dvc").is_file()  # the run recorded the data version first
+    status = _sh(repo, sys.executable, "-m", "dvc", "status")
+    assert "up to date" in status, status
+
+    shutil.rmtree(repo / "artifacts")
+    _sh(repo, sys.executable, "-m", "dvc", "repro")
+    assert (repo / "artifacts" / "metrics.json").is_file()
+    assert (repo / "artifacts" / "pretrain" / "encoder.pt").is_file()
+    assert "up to date" in _sh(repo, sys.executable, "-m", "dvc", "status")

@@ -1,0 +1,54 @@
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from pipeline_tasks.config import DataConfig, PreprocessConfig
+from pipeline_tasks.preprocess import load_image, load_split, preprocess_data, split_manifest
+from pipeline_tasks.validate import build_manifest
+
+
+def _manifest(n_per_class: int, classes: int = 3) -> pd.DataFrame:
+    return pd.DataFrame({"path": [f"{c}/{i:03d}.png" for c in range(classes) for i in range(n_per_class)],
+                         "label": [str(c) for c in range(classes) for _ in range(n_per_class)]})
+
+
+def test_split_is_stratified_disjoint_and_seeded() -> None:
+    cfg = PreprocessConfig(val_fraction=0.1, test_fraction=0.2, seed=1)
+    a, b = split_manifest(_manifest(50), cfg), split_manifest(_manifest(50), cfg)
+    pd.testing.assert_frame_equal(a, b)
+    counts = a.groupby(["label", "split"]).size().unstack()
+    assert (counts["test"] == 10).all() and (counts["val"] == 5).all() and (counts["train"] == 35).all()
+    assert a["path"].is_unique
+    other = split_manifest(_manifest(50), PreprocessConfig(seed=2))
+    assert set(a[a.split == "test"].path) != set(other[other.split == "test"].path)
+
+
+def test_limit_per_class() -> None:
+    s = split_manifest(_manifest(50), PreprocessConfig(), limit_per_class=10)
+    assert s.groupby("label").size().tolist() == [10, 10, 10]
+
+
+def test_tensor_cache(tiny_data: Path, tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.csv"
+    build_manifest(tiny_data).to_csv(manifest, index=False)
+    rec = preprocess_data(manifest, tiny_data, DataConfig(), PreprocessConfig(), tmp_path / "pre")
+    assert rec.classes == tuple(str(c) for c in range(10))
+    assert (rec.n_train, rec.n_val, rec.n_test) == (90, 10, 20)  # per class of 12: 9 / 1 / 2
+    x, y = load_split(rec.out_dir, "train")
+    assert x.dtype == torch.uint8 and tuple(x.shape[1:]) == (1, 28, 28)
+    assert len(x) == len(y) == rec.n_train and set(y.tolist()) == set(range(10))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16", "CMYK", "LA"])
+def test_load_image_converts_modes_and_sizes(tmp_path: Path, mode: str) -> None:
+    src = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8))
+    im = src.convert("I;16") if mode == "I;16" else src.convert(mode)
+    path = tmp_path / ("x.tif" if mode == "CMYK" else "x.png")
+    im.save(path)
+    assert load_image(path, 28, 1).shape == (1, 28, 28)
+    rgb = load_image(path, 16, 3)
+    assert rgb.shape == (3, 16, 16) and rgb.dtype == np.uint8

@@ -1,0 +1,85 @@
+"""pretrain -> finetune -> evaluate on the tiny set through the real functions."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline_tasks.config import PipelineConfig
+from pipeline_tasks.evaluate import confusion_matrix, evaluate_classifier, macro_f1
+from pipeline_tasks.finetune import finetune_classifier, labeled_subset, load_classifier
+from pipeline_tasks.preprocess import PreprocessRecord, preprocess_data
+from pipeline_tasks.pretrain import load_encoder, pretrain_encoder, warmup_cosine
+from pipeline_tasks.validate import build_manifest
+
+
+@pytest.fixture(scope="module")
+def pre(tiny_cfg: PipelineConfig, tmp_path_factory: pytest.TempPathFactory) -> PreprocessRecord:
+    out = tmp_path_factory.mktemp("pre")
+    build_manifest(tiny_cfg.data.dir).to_csv(out / "manifest.csv", index=False)
+    return preprocess_data(out / "manifest.csv", tiny_cfg.data.dir, tiny_cfg.data, tiny_cfg.preprocess,
+                           out / "preprocessed")
+
+
+@pytest.fixture(scope="module")
+def encoder_path(pre: PreprocessRecord, tiny_cfg: PipelineConfig,
+                 tmp_path_factory: pytest.TempPathFactory) -> str:
+    logged: list[tuple[dict[str, float], int]] = []
+    cfg = tiny_cfg.pretrain.model_copy(update={"epochs": 2})
+    rec = pretrain_encoder(pre.out_dir, cfg, tmp_path_factory.mktemp("pt"),
+                           lambda m, s: logged.append((m, s)))
+    assert [s for _, s in logged] == [0, 1, 2]  # once per epoch, then the kNN monitor
+    assert np.isfinite(rec.final_loss) and 0 <= rec.knn_accuracy <= 1
+    return rec.encoder_path
+
+
+def test_encoder_checkpoint_reloads(encoder_path: str) -> None:
+    enc = load_encoder(encoder_path)
+    assert enc.spec.base_width == 8 and enc(torch.zeros(1, 1, 28, 28)).shape == (1, 64)
+
+
+def test_warmup_cosine() -> None:
+    f = warmup_cosine(10, 110)
+    assert f(0) == pytest.approx(0.1) and f(9) == 1.0 and f(60) == pytest.approx(0.5) and f(110) == 0
+
+
+def test_labeled_subset_is_stratified() -> None:
+    y = torch.arange(10).repeat(20)
+    idx = labeled_subset(y, 0.1, seed=0)
+    assert torch.bincount(y[idx]).tolist() == [2] * 10
+    assert torch.bincount(y[labeled_subset(y, 0.001, 0)]).tolist() == [1] * 10  # >= 1 per class
+
+
+def test_finetune_then_evaluate(pre: PreprocessRecord, encoder_path: str, tiny_cfg: PipelineConfig,
+                                tmp_path: Path) -> None:
+    rec = finetune_classifier(pre.out_dir, encoder_path, pre.classes, tiny_cfg.finetune, tmp_path / "ft")
+    assert rec.n_labeled == 40 and 0 <= rec.best_val_accuracy <= 1  # round(9 * 0.5) = 4 per class
+    model, classes = load_classifier(rec.classifier_path)
+    assert classes == list(pre.classes)
+    ev = evaluate_classifier(pre.out_dir, rec.classifier_path, tiny_cfg.evaluate,
+                             tmp_path / "metrics.json", tmp_path / "plots")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["test_accuracy"] == ev.test_accuracy and metrics["test_images"] == 20
+    assert Image.open(ev.confusion_png).size[0] > 100
+    lines = (tmp_path / "plots" / "predictions.csv").read_text().splitlines()
+    assert lines[0] == "actual,predicted" and len(lines) == 21
+
+
+def test_linear_probe_keeps_the_encoder(pre: PreprocessRecord, encoder_path: str,
+                                        tiny_cfg: PipelineConfig, tmp_path: Path) -> None:
+    cfg = tiny_cfg.finetune.model_copy(update={"mode": "linear"})
+    rec = finetune_classifier(pre.out_dir, encoder_path, pre.classes, cfg, tmp_path)
+    before = load_encoder(encoder_path).state_dict()
+    after = load_classifier(rec.classifier_path)[0].encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_metrics_by_hand() -> None:
+    y, p = np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1])
+    cm = confusion_matrix(y, p, 3)
+    assert cm.tolist() == [[1, 1, 0], [0, 2, 0], [0, 0, 0]]
+    # F1: class 0 = 2/3, class 1 = 0.8, class 2 (absent, never predicted) = 0
+    assert macro_f1(cm) == pytest.approx((2 / 3 + 0.8 + 0) / 3)
