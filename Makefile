@@ -33,7 +33,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check flows pipeline_tasks tests
+	$(BIN)/ruff check flows pipeline_tasks tests bench
 	$(BIN)/mypy pipeline_tasks
 
 clean:

@@ -57,6 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     builtin.add_argument("name", choices=["mnist-5k"])
     builtin.add_argument("--out", default="data", help="destination folder (default: data)")
     builtin.add_argument("--limit-per-class", type=int, default=None, metavar="N")
+    folder = dsub.add_parser("import-folder",
+                             help="copy a <class>/<image> tree (never moved), then `dvc add`")
+    folder.add_argument("path", help="source folder, one sub-folder per class")
+    folder.add_argument("--out", default="data", help="destination folder (default: data)")
+    idx = dsub.add_parser("import-idx", help="import MNIST-format idx files (gzipped or not), then `dvc add`")
+    idx.add_argument("files", nargs="+", metavar="IMAGES LABELS | FOLDER",
+                     help="pairs of images/labels idx files, or one folder holding *-images-idx3-ubyte[.gz] "
+                          "and *-labels-idx1-ubyte[.gz] (e.g. /usr/share/datasets/fashion-mnist)")
+    idx.add_argument("--out", default="data", help="destination folder (default: data)")
+    idx.add_argument("--limit-per-class", type=int, default=None, metavar="N")
+    idx.add_argument("--class-names", default=None, metavar="A,B,...",
+                     help="folder name for label 0, 1, ... (default: the label number)")
 
     predict = sub.add_parser("predict", help="classify image files with a registered model")
     predict.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")

@@ -17,6 +17,7 @@ from flows.dvc import DvcError, commit_stage_outputs, in_dvc_repo, record_data_v
 from flows.tracking import TrackingError, lineage_tags, setup_tracking
 from pipeline_tasks.config import ConfigError, PipelineConfig, load_config
 from pipeline_tasks.datasets import DatasetError, write_builtin
+from pipeline_tasks.importers import find_idx_pairs, import_folder, import_idx
 from pipeline_tasks.validate import DataError, list_images
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -79,19 +80,39 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_data(args: argparse.Namespace) -> int:
+def _import(args: argparse.Namespace) -> dict[str, int]:
     out = Path(args.out)
+    if args.data_command == "builtin":
+        return write_builtin(args.name, out, args.limit_per_class)
+    if args.data_command == "import-folder":
+        summary = import_folder(Path(args.path), out)
+        if summary.skipped or summary.refused_symlinks:
+            print(f"left out {len(summary.skipped)} non-image or hidden files and "
+                  f"{len(summary.refused_symlinks)} symlinks (never followed)")
+        return summary.counts
+    files = [Path(f) for f in args.files]
+    if len(files) == 1 and files[0].is_dir():
+        pairs = find_idx_pairs(files[0])
+    elif len(files) % 2 == 0:
+        pairs = list(zip(files[::2], files[1::2], strict=True))
+    else:
+        raise UserError("import-idx takes IMAGES LABELS pairs, or one folder of idx files", code=2)
+    names = args.class_names.split(",") if args.class_names else None
+    return import_idx(pairs, out, args.limit_per_class, names).counts
+
+
+def cmd_data(args: argparse.Namespace) -> int:
     try:
-        counts = write_builtin(args.name, out, args.limit_per_class)
+        counts = _import(args)
     except DatasetError as exc:
         raise UserError(str(exc)) from exc
-    print(f"wrote {sum(counts.values())} images in {len(counts)} classes to {out}/")
-    if tracks(out):
+    print(f"wrote {sum(counts.values())} images in {len(counts)} classes to {args.out}/")
+    if tracks(args.out):
         try:
-            record_data_version(out)
-            print(f"DVC: recorded {out} in data.dvc")
+            record_data_version(args.out)
+            print(f"DVC: recorded {args.out} in data.dvc")
         except DvcError as exc:
-            raise UserError(f"{exc}; the images are in {out}, run `dvc add {out}` by hand") from exc
+            raise UserError(f"{exc}; the images are in {args.out}, run `dvc add {args.out}` by hand") from exc
     return 0
 
 

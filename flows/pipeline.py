@@ -23,8 +23,8 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 
 import pipeline_tasks
-from flows.stages import RUNNERS, ArtifactPaths, RunContext
-from flows.tracking import lineage_tags, setup_tracking
+from flows.stages import RUNNERS, ArtifactPaths, RunContext, dataset_digest
+from flows.tracking import lineage_tags, log_dataset, setup_tracking
 from pipeline_tasks.config import PipelineConfig, load_config
 from pipeline_tasks.validate import DataError
 
@@ -72,11 +72,35 @@ def code_version() -> str:
 
 @task(name="validate-data")
 def validate_data_task(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> Any:
-    """Never cached: it reads every file, and its digest is the data version downstream."""
+    """Never cached: it reads every file (unchanged ones from the manifest cache), and its
+    digest is the data version downstream."""
     try:
         return RUNNERS["validate"](cfg, paths, ctx)
     except DataError as exc:
         return str(exc)  # a closed gate is an outcome, not a crash: the flow fails cleanly
+    finally:
+        report = paths.validation / "report.json"
+        if report.is_file():
+            create_markdown_artifact(key="data-validation", markdown=validation_markdown(
+                json.loads(report.read_text())), description="image manifest validation")
+
+
+def validation_markdown(report: dict[str, Any]) -> str:
+    """The validation summary as the Prefect UI shows it."""
+    verdict = "passed" if report["success"] else "**FAILED**"
+    lines = [f"# Data validation {verdict}", "",
+             f"{report['n_images']} images, {report['n_classes']} classes, "
+             f"{report['n_skipped']} skipped; width {report['width']}, height {report['height']}; "
+             f"formats {report['formats']}; modes {report['modes']}", "",
+             "| class | images |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in report["images_per_class"].items()]
+    lines += ["", "| suite | expectation | column | result |", "|---|---|---|---|"]
+    lines += [f"| {e['suite']} | {e['expectation']} | {e['column']} | {'ok' if e['success'] else 'FAILED'} |"
+              for e in report["expectations"]]
+    for f in report["failures"]:
+        lines += ["", f"**{f['expectation']}** on `{f['column']}`: {f['fix']}", ""]
+        lines += [f"- `{o}`" for o in f["offending"]]
+    return "\n".join(lines)
 
 
 @task(cache_policy=CACHE_POLICY)
@@ -129,6 +153,9 @@ def pretrain_finetune(
         if isinstance(validated, str):
             mlflow.end_run("FAILED")
             return Failed(message=validated)
+        mlflow.set_tag("data_images", str(validated.n_images))
+        log_dataset(validated.manifest_path, cfg.data.dir, dataset_digest(ctx, validated))
+        ctx = RunContext(experiment_id, parent.info.run_id, {**tags, "data_images": str(validated.n_images)})
         code, upstream = code_version(), (validated.data_digest,)
         results = {}
         for stage in ("preprocess", "pretrain", "finetune", "evaluate"):

@@ -7,6 +7,7 @@ calls) both run these functions, so the two routes cannot drift apart.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any
 import mlflow
 
 from flows.registry import RegisterRecord, register_model
-from flows.tracking import mlflow_log_metrics, stage_run
+from flows.tracking import log_dataset, mlflow_log_metrics, stage_run
 from pipeline_tasks.config import PipelineConfig
 from pipeline_tasks.evaluate import EvaluateRecord, evaluate_classifier
 from pipeline_tasks.finetune import FinetuneRecord, finetune_classifier
@@ -24,7 +25,7 @@ from pipeline_tasks.preprocess import PreprocessRecord, preprocess_data
 from pipeline_tasks.pretrain import PretrainRecord, pretrain_encoder
 from pipeline_tasks.validate import DataError, ValidationRecord, validate_data
 
-STAGES = ("validate", "preprocess", "pretrain", "finetune", "evaluate", "register")
+MANIFEST_CACHE_DIR = Path(".cache")
 
 
 @dataclass(frozen=True)
@@ -81,17 +82,31 @@ def require(path: Path, stage: str) -> Path:
     return path
 
 
+def manifest_cache(data_dir: str | Path) -> Path:
+    """Per data folder, outside it and outside artifacts/ (which DVC clears before a stage)."""
+    key = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:16]
+    return MANIFEST_CACHE_DIR / f"manifest-{key}.csv"
+
+
 def run_validate(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> ValidationRecord:
     with stage_run("validate", ctx.experiment_id, ctx.parent_run_id,
                    cfg.section("validate"), ctx.tags):
         try:
-            record = validate_data(cfg.data.dir, cfg.validate_, paths.validation)
+            record = validate_data(cfg.data.dir, cfg.validate_, paths.validation,
+                                   manifest_cache(cfg.data.dir))
         finally:
             if (paths.validation / "report.json").exists():
                 mlflow.log_artifacts(str(paths.validation), "validation")
-        mlflow.log_metrics({"n_images": record.n_images, "n_classes": record.n_classes})
-        mlflow.set_tag("data_digest", record.data_digest)
+        mlflow.log_metrics({"n_images": record.n_images, "n_classes": record.n_classes,
+                            "n_skipped": record.n_skipped})
+        mlflow.set_tags({"data_digest": record.data_digest, "data_images": str(record.n_images)})
+        log_dataset(record.manifest_path, cfg.data.dir, dataset_digest(ctx, record))
         return record
+
+
+def dataset_digest(ctx: RunContext, record: ValidationRecord) -> str:
+    md5 = ctx.tags.get("data_dvc_md5", "untracked")
+    return md5 if md5 != "untracked" else record.data_digest[:32]
 
 
 def run_preprocess(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> PreprocessRecord:

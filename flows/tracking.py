@@ -7,6 +7,7 @@ import os
 import subprocess
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,19 @@ def lineage_tags(data_dir: str | Path) -> dict[str, str]:
         "data_dvc_md5": dvc_data_md5(data_dir),
         "data_dir": str(Path(data_dir).resolve()),
     }
+
+
+def log_dataset(manifest_path: str | Path, data_dir: str | Path, digest: str) -> None:
+    """Log the images to the active run as an MLflow dataset input: digest = the DVC md5 of
+    data/ (or the content digest when the folder is not DVC-tracked), source = the folder."""
+    import pandas as pd  # noqa: PLC0415
+
+    manifest = pd.read_csv(manifest_path, usecols=["path", "label", "sha256"], dtype=str)
+    with warnings.catch_warnings():  # MLflow registers the local source twice and says so
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(manifest, source=str(Path(data_dir).resolve()), name="images",
+                                          digest=digest, targets="label")
+    mlflow.log_input(dataset, context="training")
 
 
 def mlflow_log_metrics(metrics: dict[str, float], step: int) -> None:

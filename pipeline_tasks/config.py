@@ -31,9 +31,21 @@ class DataConfig(_Section):
     limit_per_class: int | None = Field(None, ge=1)
 
 
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
+
+
 class ValidateConfig(_Section):
     min_classes: int = Field(2, ge=2)
     min_images_per_class: int = Field(10, ge=1)
+    min_width: int = Field(8, ge=1)
+    min_height: int = Field(8, ge=1)
+    allowed_formats: tuple[str, ...] = IMAGE_FORMATS  # Pillow's format names
+    # Largest class / smallest class; beyond this the small classes are drowned out.
+    max_imbalance_ratio: float = Field(10.0, ge=1)
+    expected_classes: tuple[str, ...] | None = None  # the label set must equal this when given
+    # fail: any bad file stops the run. skip_bad_files: leave bad files out (listed in the
+    # report) and go on; files are never deleted or rewritten either way.
+    on_error: Literal["fail", "skip_bad_files"] = "fail"
 
 
 class PreprocessConfig(_Section):

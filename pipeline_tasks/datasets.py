@@ -39,6 +39,15 @@ def load_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
     return images, table[:, -1].astype(np.int64)
 
 
+def refuse_non_empty(out: Path) -> None:
+    """Never mix a new dataset into a user's folder."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DatasetError(
+            f"{out}: already exists and is not empty; refusing to overwrite your data. "
+            "Choose another --out, or move the folder away first."
+        )
+
+
 def write_image_folder(
     images: Iterable[np.ndarray], labels: Iterable[object], out: Path, limit_per_class: int | None = None
 ) -> dict[str, int]:
@@ -48,11 +57,7 @@ def write_image_folder(
     PNGs are written without metadata, so the same arrays give the same bytes (and DVC md5).
     """
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DatasetError(
-            f"{out}: already exists and is not empty; refusing to overwrite your data. "
-            "Choose another --out, or move the folder away first."
-        )
+    refuse_non_empty(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))

@@ -27,25 +27,61 @@ class PreprocessRecord:
     channels: int
 
 
+def duplicate_groups(manifest: pd.DataFrame) -> np.ndarray:
+    """Group id per row: rows sharing a sha256 (exact copy) or a perceptual hash (near copy,
+    e.g. resized or recompressed) share a group, transitively (union-find)."""
+    parent = list(range(len(manifest)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for column in ("sha256", "phash"):
+        if column not in manifest:
+            continue
+        first: dict[str, int] = {}
+        for i, value in enumerate(manifest[column]):
+            if isinstance(value, str) and value:
+                parent[find(i)] = find(first.setdefault(value, i))
+    return np.array([find(i) for i in range(len(manifest))], dtype=np.int64)
+
+
 def split_manifest(
     manifest: pd.DataFrame, cfg: PreprocessConfig, limit_per_class: int | None = None
 ) -> pd.DataFrame:
-    """Add a ``split`` column: per class, a seeded shuffle then test / val / train.
+    """Add a ``split`` column, stratified by label and seeded, that keeps every duplicate
+    group in one split: no test image has a copy (exact or near) in training.
 
+    Groups are drawn in random order; each fills its label's test quota, then val, then train.
     Every class gets at least one test and one val image when it has 3 or more.
     """
     rng = np.random.default_rng(cfg.seed)
-    parts = []
-    for _, group in manifest.sort_values("path").groupby("label", sort=True):
-        group = group.iloc[rng.permutation(len(group))]
-        if limit_per_class is not None:
-            group = group.iloc[:limit_per_class]
-        n = len(group)
-        n_test = max(1, round(n * cfg.test_fraction)) if n >= 3 else 0
-        n_val = max(1, round(n * cfg.val_fraction)) if n >= 3 else 0
-        split = ["test"] * n_test + ["val"] * n_val + ["train"] * (n - n_test - n_val)
-        parts.append(group.assign(split=split))
-    return pd.concat(parts).sort_values(["split", "label", "path"]).reset_index(drop=True)
+    frame = manifest.sort_values("path").reset_index(drop=True)
+    if limit_per_class is not None:
+        order = frame.assign(_r=rng.random(len(frame))).sort_values("_r")
+        frame = order.groupby("label").head(limit_per_class).drop(columns="_r").sort_values("path")
+        frame = frame.reset_index(drop=True)
+    group = duplicate_groups(frame)
+    sizes = frame.groupby("label").size()
+    quota = {lab: (max(1, round(n * cfg.test_fraction)) if n >= 3 else 0,
+                   max(1, round(n * cfg.val_fraction)) if n >= 3 else 0) for lab, n in sizes.items()}
+    taken = {lab: [0, 0] for lab in quota}
+    split = np.empty(len(frame), dtype=object)
+    labels = frame["label"].to_numpy()
+    members = pd.Series(np.arange(len(frame))).groupby(group).apply(list)
+    for g in rng.permutation(members.index.to_numpy()):
+        rows = members[g]
+        lab = labels[rows[0]]
+        for k, name in enumerate(("test", "val")):
+            if taken[lab][k] < quota[lab][k]:
+                taken[lab][k] += len(rows)
+                split[rows] = name
+                break
+        else:
+            split[rows] = "train"
+    return frame.assign(split=split).sort_values(["split", "label", "path"]).reset_index(drop=True)
 
 
 def load_image(path: Path, size: int, channels: int) -> np.ndarray:
@@ -75,8 +111,7 @@ def preprocess_data(
     ``splits.csv`` and ``classes.json`` under ``out_dir``."""
     out, root = Path(out_dir), Path(data_dir)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = pd.read_csv(manifest_path, dtype={"label": str})
-    manifest = manifest[manifest["decodes"]]
+    manifest = pd.read_csv(manifest_path, dtype={"label": str, "phash": str}, keep_default_na=False)
     splits = split_manifest(manifest, cfg, data.limit_per_class)
     classes = tuple(sorted(splits["label"].unique()))
     index = {c: i for i, c in enumerate(classes)}

@@ -1,31 +1,40 @@
-"""Validation gate: an image manifest (pandas) checked by a Great Expectations suite.
+"""Validation gate: the image manifest checked by Great Expectations before anything trains.
 
-``build_manifest`` reads every file once (decode + sha256) and never writes to the data
-folder. ``validate_manifest`` runs the GX suite and returns a JSON-able report; a failed
-report stops the pipeline before anything trains.
+Two suites run in one GX checkpoint each: ``image-files`` (one row per file: decodes, format,
+size, links, conflicting duplicates) and ``image-classes`` (one row per class folder: count,
+imbalance, expected label set). Results go to ``report.json`` and a GX Data Docs site.
+The data folder is only ever read.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from PIL import Image
 
 from pipeline_tasks.config import ValidateConfig
+from pipeline_tasks.manifest import DataError, build_manifest, class_folders, data_digest, list_images
 
-MANIFEST_COLUMNS = [
-    "path", "label", "format", "mode", "width", "height", "bytes", "sha256", "decodes", "error",
-]
+__all__ = ["DataError", "ValidationRecord", "validate_data", "validate_manifest", "list_images"]
 MAX_OFFENDERS = 10
+FILE_COLUMNS = ("symlink_outside", "decodes", "format", "width", "height", "label_conflict")
 
-
-class DataError(ValueError):
-    """The data folder is missing, empty or fails validation; the message says what to do."""
+# What to do about the rows each expectation flags, by column.
+_FIXES = {
+    "symlink_outside": "replace these links with copies of the files, or remove them",
+    "decodes": "these files are not readable images: replace them or move them out of the data folder",
+    "format": "convert these files to an allowed format or extend validate.allowed_formats",
+    "width": "these images are too small: remove them or lower validate.min_width",
+    "height": "these images are too small: remove them or lower validate.min_height",
+    "label_conflict": "the same file is filed under two classes: keep only the copy in the right class",
+    "n_images": "add images to these classes, remove the folders, or lower validate.min_images_per_class",
+    "imbalance": "add images to the small classes or raise validate.max_imbalance_ratio",
+    "label": "make the class folders match validate.expected_classes (or set it to null)",
+    None: "add class folders (one per class, each holding images) or lower validate.min_classes",
+}
 
 
 @dataclass(frozen=True)
@@ -35,182 +44,194 @@ class ValidationRecord:
     data_dir: str
     manifest_path: str
     report_path: str
-    data_digest: str  # sha256 over (path, sha256) of every image: the data version
+    data_digest: str  # sha256 over (path, label, sha256) of every kept image: the data version
     n_images: int
     n_classes: int
+    n_skipped: int
 
 
-def _describe_file(path: Path, root: Path, label: str) -> dict[str, Any]:
-    raw = path.read_bytes()
-    row: dict[str, Any] = {
-        "path": path.relative_to(root).as_posix(), "label": label, "format": None, "mode": None,
-        "width": 0, "height": 0, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest(),
-        "decodes": False, "error": "",
-    }
-    try:
-        with Image.open(path) as im:
-            row.update(format=im.format, mode=im.mode, width=im.width, height=im.height)
-            im.load()  # decodes the pixels: catches truncated files that open() accepts
-        row["decodes"] = True
-    except Exception as exc:  # PIL raises many types for bad files; record, don't crash
-        row["error"] = f"{type(exc).__name__}: {exc}"
-    return row
+def file_table(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The manifest as GX sees it: size and format are null for files that do not decode
+    (GX skips nulls, so a broken file is reported once, under ``decodes``)."""
+    ok = manifest["decodes"].astype(bool)
+    link = manifest["symlink_outside"].astype(bool)
+    labels_per_sha = manifest[manifest["sha256"] != ""].groupby("sha256")["label"].nunique()
+    return manifest.assign(
+        decodes=manifest["decodes"].astype(object).where(~link),  # a refused link: reported once
+        format=manifest["format"].where(ok), width=manifest["width"].where(ok),
+        height=manifest["height"].where(ok),
+        label_conflict=manifest["sha256"].map(labels_per_sha).fillna(1).gt(1),
+    )
 
 
-def list_images(data_dir: str | Path) -> list[tuple[str, Path]]:
-    """``(label, file)`` for every file under ``data_dir/<class>/``; reads no file contents.
-
-    Raises ``DataError`` when the folder is missing or holds no files: the cheap check the
-    CLI runs before starting anything.
-    """
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise DataError(
-            f"{root}: data folder not found. Create it with `pretrainflow data builtin mnist-5k`, "
-            "or pass --data-dir PATH to a folder laid out as <class>/<image>."
-        )
-    files = [
-        (class_dir.name, f)
-        for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        for f in sorted(class_dir.rglob("*"))
-        if f.is_file() and not f.name.startswith(".")
-    ]
-    if not files:
-        raise DataError(
-            f"{root}: no images found (expected <class>/<image> files). Put one folder per class "
-            "with images inside, or run `pretrainflow data builtin mnist-5k`."
-        )
-    return files
+def class_table(manifest: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """One row per class folder, empty ones included."""
+    counts = manifest.groupby("label").size().reindex(classes, fill_value=0)
+    biggest = max(int(counts.max()), 1)
+    return pd.DataFrame({"label": classes, "n_images": counts.to_numpy(),
+                         "imbalance": biggest / counts.clip(lower=1).to_numpy()})
 
 
-def build_manifest(data_dir: str | Path) -> pd.DataFrame:
-    """One row per file under ``data_dir/<class>/``; columns ``MANIFEST_COLUMNS``."""
-    root = Path(data_dir)
-    rows = [_describe_file(f, root, label) for label, f in list_images(root)]
-    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-
-
-def data_digest(manifest: pd.DataFrame) -> str:
-    """A content hash of the data set: changes when any file, name or label changes."""
-    h = hashlib.sha256()
-    for path, label, sha in manifest[["path", "label", "sha256"]].itertuples(index=False):
-        h.update(f"{path}\0{label}\0{sha}\n".encode())
-    return h.hexdigest()
-
-
-# Expectation -> what the user should do about the offending rows.
-_HINTS = {
-    "decodes": "these files do not decode as images: replace or remove them from the data folder",
-    "label": "too few classes: add at least one folder per class, each holding images",
-    "class_count": "too few images in these classes: add images or lower validate.min_images_per_class",
-}
-
-
-def _suite(cfg: ValidateConfig) -> list[Any]:
+def _suites(cfg: ValidateConfig) -> dict[str, list[Any]]:
     import great_expectations as gx  # noqa: PLC0415 - GX costs ~3 s to import; only here
 
-    return [
-        gx.expectations.ExpectColumnValuesToBeInSet(column="decodes", value_set=[True]),
-        gx.expectations.ExpectColumnUniqueValueCountToBeBetween(column="label", min_value=cfg.min_classes),
-        gx.expectations.ExpectColumnValuesToBeBetween(
-            column="class_count", min_value=cfg.min_images_per_class
-        ),
+    e = gx.expectations
+    classes = [
+        e.ExpectTableRowCountToBeBetween(min_value=cfg.min_classes),
+        e.ExpectColumnValuesToBeBetween(column="n_images", min_value=cfg.min_images_per_class),
+        e.ExpectColumnValuesToBeBetween(column="imbalance", max_value=cfg.max_imbalance_ratio),
     ]
+    if cfg.expected_classes is not None:
+        classes.append(e.ExpectColumnDistinctValuesToEqualSet(
+            column="label", value_set=list(cfg.expected_classes)))
+    return {
+        "image-files": [
+            e.ExpectColumnValuesToBeInSet(column="symlink_outside", value_set=[False]),
+            e.ExpectColumnValuesToBeInSet(column="decodes", value_set=[True]),
+            e.ExpectColumnValuesToBeInSet(column="format", value_set=list(cfg.allowed_formats)),
+            e.ExpectColumnValuesToBeBetween(column="width", min_value=cfg.min_width),
+            e.ExpectColumnValuesToBeBetween(column="height", min_value=cfg.min_height),
+            e.ExpectColumnValuesToBeInSet(column="label_conflict", value_set=[False]),
+        ],
+        "image-classes": classes,
+    }
 
 
-def validate_manifest(manifest: pd.DataFrame, cfg: ValidateConfig) -> dict[str, Any]:
-    """Run the GX suite on ``manifest``; returns a report dict (``report["success"]``)."""
+def run_suites(tables: dict[str, pd.DataFrame], cfg: ValidateConfig,
+               docs_dir: Path | None) -> dict[str, list[Any]]:
+    """Run each suite on its table in one ephemeral GX context; Data Docs to ``docs_dir``."""
     import great_expectations as gx  # noqa: PLC0415
-
-    frame = manifest.assign(class_count=manifest.groupby("label")["path"].transform("count"))
+    from great_expectations.checkpoint import UpdateDataDocsAction  # noqa: PLC0415
     from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: PLC0415
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batch_def = (
-        context.data_sources.add_pandas("manifest")
-        .add_dataframe_asset("images")
-        .add_batch_definition_whole_dataframe("all")
-    )
-    suite = context.suites.add(gx.ExpectationSuite(name="image-manifest", expectations=_suite(cfg)))
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name="image-manifest", data=batch_def, suite=suite)
-    )
-    result = definition.run(
-        batch_parameters={"dataframe": frame},
-        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["path"]},
-    )
-    checks = [(_expectation(r), r) for r in result.results]
-    failures = [_describe_failure(conf, r.result, frame) for conf, r in checks if not r.success]
-    counts = manifest["label"].value_counts().sort_index()
-    return {
-        "success": bool(result.success),
-        "n_images": int(len(manifest)),
-        "n_classes": int(counts.size),
-        "images_per_class": {str(k): int(v) for k, v in counts.items()},
-        "modes": {str(k): int(v) for k, v in manifest["mode"].value_counts().items()},
-        "sizes": {f"{w}x{h}": int(n) for (w, h), n in manifest.groupby(["width", "height"]).size().items()},
-        "expectations": [
-            {"expectation": conf.type, "column": conf.kwargs.get("column"), "success": bool(r.success)}
-            for conf, r in checks
-        ],
-        "failures": failures,
-    }
+    actions: list[Any] = []
+    if docs_dir is not None:
+        context.add_data_docs_site(site_name="pretrainflow", site_config={
+            "class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                              "base_directory": str(docs_dir.resolve())}})
+        actions = [UpdateDataDocsAction(name="data-docs", site_names=["pretrainflow"])]
+    source = context.data_sources.add_pandas("manifest")
+    results = {}
+    for name, expectations in _suites(cfg).items():
+        batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
+        suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=name, data=batch, suite=suite))
+        index = "label" if name == "image-classes" else "path"
+        checkpoint = context.checkpoints.add(gx.Checkpoint(
+            name=name, validation_definitions=[definition], actions=actions,
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [index]}))
+        run = checkpoint.run(batch_parameters={"dataframe": tables[name]})
+        results[name] = [r for v in run.run_results.values() for r in v.results]
+    return results
 
 
-def _expectation(res: Any) -> Any:
-    conf = res.expectation_config
-    if conf is None:  # GX always fills it for suite runs; guard the Optional in its typing
-        raise RuntimeError("Great Expectations returned a result without its expectation")
-    return conf
-
-
-def _describe_failure(conf: Any, result: dict[str, Any], frame: pd.DataFrame) -> dict[str, Any]:
+def _describe(res: Any, table: pd.DataFrame) -> dict[str, Any]:
     """One failed expectation as the report shows it: what, observed, up to 10 offenders, fix."""
+    conf = res.expectation_config
     column = conf.kwargs.get("column")
-    rows = frame.set_index("path")
-    paths = [r["path"] for r in (result.get("unexpected_index_list") or [])]
-    if column == "decodes":
-        offenders = [f"{p}: {rows.at[p, 'error']}" for p in paths]
-    elif column == "class_count":
-        counts = frame.loc[frame["path"].isin(paths)].groupby("label").size()
-        offenders = [f"class '{label}': {n} images" for label, n in counts.items()]
+    found = res.result.get("unexpected_index_list") or []
+    if "label" in table.columns and "n_images" in table.columns:
+        counts = table.set_index("label")["n_images"]
+        offenders = [f"class '{r['label']}': {counts[r['label']]} images" for r in found]
+        if column in (None, "label"):
+            offenders = [f"classes found: {sorted(table['label'])}"]
     else:
-        offenders = [f"{p} ({column}={rows.at[p, column]!r})" for p in paths]
+        rows = table.set_index("path")
+        detail = "error" if column in ("decodes", "symlink_outside") else column
+        offenders = [f"{r['path']} ({detail}: {rows.at[r['path'], detail]})" for r in found]
     return {
         "expectation": conf.type, "column": column,
         "kwargs": {k: v for k, v in conf.kwargs.items() if k not in ("column", "batch_id")},
-        "observed": result.get("observed_value", result.get("unexpected_count")),
-        "offending_files": offenders[:MAX_OFFENDERS], "fix": _HINTS.get(str(column), "see the report"),
+        "observed": res.result.get("observed_value", res.result.get("unexpected_count")),
+        "n_offending": len(found), "offending": offenders[:MAX_OFFENDERS], "fix": _FIXES[column],
     }
+
+
+def bad_files(results: list[Any]) -> dict[str, str]:
+    """``{path: failed column}`` for every file a file-level expectation flagged."""
+    return {r["path"]: res.expectation_config.kwargs["column"] for res in results if not res.success
+            for r in res.result.get("unexpected_index_list") or []}
+
+
+def validate_manifest(manifest: pd.DataFrame, classes: list[str], cfg: ValidateConfig,
+                      docs_dir: Path | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Run the suites; with ``on_error=skip_bad_files`` drop flagged files and run again.
+
+    Returns ``(report, kept manifest)``; ``report["success"]`` says whether the gate opens.
+    """
+    skipped: dict[str, str] = {}
+    kept = manifest
+    while True:
+        tables = {"image-files": file_table(kept), "image-classes": class_table(kept, classes)}
+        results = run_suites(tables, cfg, docs_dir)
+        bad = bad_files(results["image-files"])
+        if cfg.on_error == "fail" or not bad:
+            break
+        skipped.update(bad)  # second pass on the good files only: class counts change too
+        kept = kept[~kept["path"].isin(bad)]
+    failures = [_describe(r, tables[name]) for name, rs in results.items() for r in rs if not r.success]
+    return _report(kept, classes, results, failures, skipped), kept
+
+
+def _report(kept: pd.DataFrame, classes: list[str], results: dict[str, list[Any]],
+            failures: list[dict[str, Any]], skipped: dict[str, str]) -> dict[str, Any]:
+    counts = kept.groupby("label").size().reindex(classes, fill_value=0)
+    good = kept[kept["decodes"].astype(bool)]
+    return {
+        "success": not failures,
+        "n_images": int(len(kept)), "n_classes": len(classes), "n_skipped": len(skipped),
+        "images_per_class": {str(k): int(v) for k, v in counts.items()},
+        "formats": {str(k): int(v) for k, v in good["format"].value_counts().items()},
+        "modes": {str(k): int(v) for k, v in good["mode"].value_counts().items()},
+        "width": _span(good["width"]), "height": _span(good["height"]),
+        "exact_duplicates": int(good["sha256"].duplicated().sum()),
+        "near_duplicates": int(good["phash"].duplicated().sum()),
+        "expectations": [{"suite": name, "expectation": r.expectation_config.type,
+                          "column": r.expectation_config.kwargs.get("column"), "success": bool(r.success)}
+                         for name, rs in results.items() for r in rs],
+        "failures": failures,
+        "skipped_files": [{"path": p, "check": c} for p, c in sorted(skipped.items())],
+    }
+
+
+def _span(values: pd.Series) -> dict[str, int]:
+    return {"min": int(values.min()), "max": int(values.max())} if len(values) else {}
 
 
 def format_failures(report: dict[str, Any], report_path: str | Path) -> str:
     """The message a user sees when the gate closes."""
-    lines = [f"data validation failed ({len(report['failures'])} expectation(s)); report: {report_path}"]
+    lines = [f"data validation failed: {len(report['failures'])} expectation(s) not met "
+             f"(report: {report_path}); the data folder was not modified"]
     for f in report["failures"]:
-        lines.append(f"  - {f['expectation']} on '{f['column']}' {f['kwargs']}: observed {f['observed']}")
-        lines += [f"      {o}" for o in f["offending_files"]]
+        on = f"column '{f['column']}'" if f["column"] else "the class table"
+        lines.append(f"  - {f['expectation']} on {on} {f['kwargs']}: observed {f['observed']}")
+        lines += [f"      {o}" for o in f["offending"]]
+        if f["n_offending"] > len(f["offending"]):
+            lines.append(f"      ... and {f['n_offending'] - len(f['offending'])} more in the report")
         lines.append(f"      fix: {f['fix']}")
     return "\n".join(lines)
 
 
-def validate_data(data_dir: str | Path, cfg: ValidateConfig, out_dir: str | Path) -> ValidationRecord:
-    """Build the manifest, run the suite, write ``manifest.csv`` and ``report.json``.
-
-    Raises ``DataError`` (after writing the report) when an expectation fails.
-    """
+def validate_data(data_dir: str | Path, cfg: ValidateConfig, out_dir: str | Path,
+                  cache_file: str | Path | None = None) -> ValidationRecord:
+    """Build the manifest, run the gate, write ``manifest.csv`` (kept files), ``report.json``
+    and ``data_docs/``. Raises ``DataError`` (after writing the report) when the gate closes."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = build_manifest(data_dir)
-    report = validate_manifest(manifest, cfg)
+    manifest = build_manifest(data_dir, cache_file)
+    classes = class_folders(Path(data_dir))
+    report, kept = validate_manifest(manifest, classes, cfg, out / "data_docs")
     manifest_path, report_path = out / "manifest.csv", out / "report.json"
-    manifest.to_csv(manifest_path, index=False)
-    report_path.write_text(json.dumps(report, indent=2))
+    kept.drop(columns=["size_key"]).to_csv(manifest_path, index=False)
+    report_path.write_text(json.dumps(report, indent=2, default=str))
     if not report["success"]:
         raise DataError(format_failures(report, report_path))
     return ValidationRecord(
         data_dir=str(Path(data_dir).resolve()), manifest_path=str(manifest_path),
-        report_path=str(report_path), data_digest=data_digest(manifest),
-        n_images=report["n_images"], n_classes=report["n_classes"],
+        report_path=str(report_path), data_digest=data_digest(kept), n_images=report["n_images"],
+        n_classes=report["n_classes"], n_skipped=report["n_skipped"],
     )

@@ -34,6 +34,22 @@ def _tiny_params(dest: Path) -> None:
     dest.write_text(yaml.safe_dump(params))
 
 
+def _check_lineage(repo: Path) -> None:
+    """The flow's MLflow run names the data version that data.dvc records, as a tag and as
+    the digest of its dataset input."""
+    import mlflow
+
+    md5 = yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
+    client = mlflow.MlflowClient(f"sqlite:///{repo}/mlflow.db")
+    exp = client.get_experiment_by_name("pretrainflow")
+    found = client.search_runs([exp.experiment_id], "attributes.run_name LIKE 'pretrain-finetune%'")[0]
+    parent = client.get_run(found.info.run_id)  # search results leave out dataset inputs
+    assert parent.data.tags["data_dvc_md5"] == md5 and parent.data.tags["data_images"] == "120"
+    (dataset_input,) = parent.inputs.dataset_inputs
+    assert dataset_input.dataset.digest == md5 and dataset_input.dataset.name == "images"
+    assert str(repo / "data") in dataset_input.dataset.source
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
     """A copy of the project (code, dvc.yaml, tiny params.yaml) with its own git + DVC repo."""
@@ -54,6 +70,7 @@ def test_run_then_dvc_status_is_clean_and_repro_rebuilds(repo: Path) -> None:
     assert (repo / "data.dvc").is_file()  # the run recorded the data version first
     status = _sh(repo, sys.executable, "-m", "dvc", "status")
     assert "up to date" in status, status
+    _check_lineage(repo)
 
     shutil.rmtree(repo / "artifacts")
     _sh(repo, sys.executable, "-m", "dvc", "repro")

@@ -110,4 +110,4 @@ def test_validation_failure_stops_before_training(workspace: Path, tiny_data: Pa
     shutil.copytree(tiny_data / "3", one_class / "3")
     state = _flow(workspace, one_class)
     assert state.is_failed()
-    assert "data validation failed" in state.message and "label" in state.message
+    assert "data validation failed" in state.message and "min_classes" in state.message

@@ -4,8 +4,10 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+import pipeline_tasks.manifest as manifest_module
 from pipeline_tasks.config import ValidateConfig
 from pipeline_tasks.validate import DataError, build_manifest, validate_data
 
@@ -21,16 +23,49 @@ def test_manifest_describes_every_file(tiny_data: Path) -> None:
     m = build_manifest(tiny_data)
     assert len(m) == 120 and m["decodes"].all()
     row = m.iloc[0]
-    assert row["path"] == "0/00000.png" and row["label"] == "0"
+    assert row["path"] == "0/00000.png" and row["label"] == "0" and row["error"] == ""
     assert (row["format"], row["mode"], row["width"], row["height"]) == ("PNG", "L", 28, 28)
-    assert len(row["sha256"]) == 64 and row["bytes"] > 0
+    assert len(row["sha256"]) == 64 and row["bytes"] > 0 and len(row["phash"]) == 64
+
+
+def test_manifest_cache_reads_only_changed_files(data: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache.csv"
+    cold = build_manifest(data, cache)
+    reads: list[str] = []
+    real = manifest_module.describe_file
+    monkeypatch.setattr(manifest_module, "describe_file",
+                        lambda p, rel, label: reads.append(rel) or real(p, rel, label))
+    warm = build_manifest(data, cache)
+    pd.testing.assert_frame_equal(cold, warm)
+    assert reads == []  # nothing decoded or hashed again
+    changed = sorted((data / "2").iterdir())[0]
+    shutil.copy(sorted((data / "5").iterdir())[0], changed)  # new content, new size/mtime
+    (data / "2" / "new.png").write_bytes(changed.read_bytes())
+    again = build_manifest(data, cache)
+    assert sorted(reads) == sorted([f"2/{changed.name}", "2/new.png"]) and len(again) == 121
+    assert again.set_index("path").at[f"2/{changed.name}", "sha256"] != \
+        cold.set_index("path").at[f"2/{changed.name}", "sha256"]
+
+
+def test_expected_classes_and_imbalance(data: Path, tmp_path: Path) -> None:
+    cfg = ValidateConfig(min_images_per_class=1, expected_classes=tuple("0123456789") + ("cat",),
+                         max_imbalance_ratio=2.0)
+    for f in sorted((data / "9").iterdir())[3:]:
+        f.unlink()
+    with pytest.raises(DataError) as err:
+        validate_data(data, cfg, tmp_path / "out")
+    msg = str(err.value)
+    assert "expected_classes" in msg and "'label'" in msg  # 'cat' missing
+    assert "imbalance" in msg and "class '9': 3 images" in msg  # 12 / 3 = 4 > 2
 
 
 def test_good_data_passes_and_writes_report(tiny_data: Path, tmp_path: Path) -> None:
     record = validate_data(tiny_data, CFG, tmp_path / "out")
     report = json.loads(Path(record.report_path).read_text())
     assert report["success"] and report["n_images"] == 120 and report["n_classes"] == 10
-    assert all(e["success"] for e in report["expectations"]) and len(report["expectations"]) == 3
+    assert all(e["success"] for e in report["expectations"]) and len(report["expectations"]) == 9
+    assert (tmp_path / "out" / "data_docs" / "index.html").is_file()
     assert Path(record.manifest_path).is_file()
 
 
@@ -47,7 +82,7 @@ def test_corrupt_file_closes_the_gate(data: Path, tmp_path: Path) -> None:
 def test_too_few_images_per_class(data: Path, tmp_path: Path) -> None:
     for f in sorted((data / "7").iterdir())[2:]:
         f.unlink()
-    with pytest.raises(DataError, match="class_count") as err:
+    with pytest.raises(DataError, match="n_images") as err:
         validate_data(data, CFG, tmp_path / "out")
     assert "class '7': 2 images" in str(err.value) and "min_images_per_class" in str(err.value)
 
@@ -56,8 +91,9 @@ def test_single_class_is_refused(data: Path, tmp_path: Path) -> None:
     for d in data.iterdir():
         if d.name != "0":
             shutil.rmtree(d)
-    with pytest.raises(DataError, match="label"):
+    with pytest.raises(DataError, match="the class table") as err:
         validate_data(data, CFG, tmp_path / "out")
+    assert "classes found: ['0']" in str(err.value) and "min_classes" in str(err.value)
 
 
 def test_missing_and_empty_folders(tmp_path: Path) -> None:
