@@ -26,7 +26,7 @@ import pipeline_tasks
 from flows.stages import RUNNERS, ArtifactPaths, RunContext, dataset_digest
 from flows.tracking import lineage_tags, log_dataset, setup_tracking
 from pipeline_tasks.config import PipelineConfig, load_config
-from pipeline_tasks.validate import DataError
+from pipeline_tasks.validate import DataError, ValidationRecord
 
 # cfg and ctx are excluded from the key: cfg enters through `key` (only the sections the stage
 # reads) and ctx holds the MLflow parent run id, which is new every run.
@@ -40,6 +40,9 @@ STAGE_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "finetune": (("finetune",), ("finetune/classifier.pt",)),
     "evaluate": (("evaluate",), ("metrics.json", "plots/confusion_matrix.png")),
 }
+
+TASK_NAMES = {"preprocess": "preprocess-data", "pretrain": "pretrain-encoder",
+              "finetune": "finetune-classifier", "evaluate": "evaluate-classifier"}
 
 
 @dataclass(frozen=True)
@@ -120,8 +123,7 @@ def register_task(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext,
 def _run_stage(stage: str, upstream: tuple[Any, ...], cfg: PipelineConfig, paths: ArtifactPaths,
                ctx: RunContext, code: str, no_cache: bool) -> StageResult:
     key = f"{stage}:{cfg.section_digest(*STAGE_KEYS[stage][0])}:{code}"
-    name = {"preprocess": "preprocess-data", "pretrain": "pretrain-encoder",
-            "finetune": "finetune-classifier", "evaluate": "evaluate-classifier"}[stage]
+    name = TASK_NAMES[stage]
     run = stage_task.with_options(name=name, refresh_cache=no_cache)
     result = run(stage, key, upstream, cfg, paths, ctx)
     if not _intact(result):
@@ -153,23 +155,8 @@ def pretrain_finetune(
         if isinstance(validated, str):
             mlflow.end_run("FAILED")
             return Failed(message=validated)
-        mlflow.set_tag("data_images", str(validated.n_images))
-        log_dataset(validated.manifest_path, cfg.data.dir, dataset_digest(ctx, validated))
-        ctx = RunContext(experiment_id, parent.info.run_id, {**tags, "data_images": str(validated.n_images)})
-        code, upstream = code_version(), (validated.data_digest,)
-        results = {}
-        for stage in ("preprocess", "pretrain", "finetune", "evaluate"):
-            results[stage] = _run_stage(stage, upstream, cfg, paths, ctx, code, no_cache)
-            upstream = (*upstream, results[stage].outputs)
-        registered = register_task(cfg, paths, ctx, results["evaluate"])
-        evaluated = results["evaluate"].record
-        summary = {
-            "test_accuracy": evaluated.test_accuracy, "test_macro_f1": evaluated.test_macro_f1,
-            "mlflow_run_id": parent.info.run_id, "model_name": registered.model_name,
-            "model_version": registered.version, "aliases": list(registered.aliases),
-            "tracking_uri": mlflow.get_tracking_uri(), "data_dvc_md5": tags["data_dvc_md5"],
-            "seconds": round(time.perf_counter() - started, 1),
-        }
+        summary = _train_and_register(validated, cfg, paths, ctx, no_cache)
+        summary["seconds"] = round(time.perf_counter() - started, 1)
         mlflow.log_metric("pipeline_seconds", summary["seconds"])
         create_markdown_artifact(key="run-summary", markdown=_summary_markdown(summary),
                                  description="pretrain-finetune results")
@@ -178,6 +165,28 @@ def pretrain_finetune(
     except BaseException:
         mlflow.end_run("FAILED")
         raise
+
+
+def _train_and_register(validated: ValidationRecord, cfg: PipelineConfig, paths: ArtifactPaths,
+                        ctx: RunContext, no_cache: bool) -> dict[str, Any]:
+    """Everything after the gate, inside the flow's MLflow run; returns the run summary."""
+    mlflow.set_tag("data_images", str(validated.n_images))
+    log_dataset(validated.manifest_path, cfg.data.dir, dataset_digest(ctx, validated))
+    ctx = RunContext(ctx.experiment_id, ctx.parent_run_id,
+                     {**ctx.tags, "data_images": str(validated.n_images)})
+    code, upstream = code_version(), (validated.data_digest,)
+    results = {}
+    for stage in ("preprocess", "pretrain", "finetune", "evaluate"):
+        results[stage] = _run_stage(stage, upstream, cfg, paths, ctx, code, no_cache)
+        upstream = (*upstream, results[stage].outputs)
+    registered = register_task(cfg, paths, ctx, results["evaluate"])
+    evaluated = results["evaluate"].record
+    return {
+        "test_accuracy": evaluated.test_accuracy, "test_macro_f1": evaluated.test_macro_f1,
+        "mlflow_run_id": ctx.parent_run_id, "model_name": registered.model_name,
+        "model_version": registered.version, "aliases": list(registered.aliases),
+        "tracking_uri": mlflow.get_tracking_uri(), "data_dvc_md5": ctx.tags["data_dvc_md5"],
+    }
 
 
 def _summary_markdown(summary: dict[str, Any]) -> str:

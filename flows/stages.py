@@ -151,9 +151,9 @@ def run_evaluate(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> 
         mlflow.log_artifact(str(paths.metrics))
         mlflow.log_artifacts(str(paths.plots), "plots")
         if ctx.parent_run_id:  # the headline numbers also on the parent run, for the run list
-            mlflow.MlflowClient().log_batch(ctx.parent_run_id, metrics=[
-                mlflow.entities.Metric(k, float(v), mlflow.utils.time.get_current_time_millis(), 0)
-                for k, v in metrics.items()])
+            client = mlflow.MlflowClient()
+            for key, value in metrics.items():
+                client.log_metric(ctx.parent_run_id, key, float(value))
         return record
 
 

@@ -77,3 +77,13 @@ def test_run_then_dvc_status_is_clean_and_repro_rebuilds(repo: Path) -> None:
     assert (repo / "artifacts" / "metrics.json").is_file()
     assert (repo / "artifacts" / "pretrain" / "encoder.pt").is_file()
     assert "up to date" in _sh(repo, sys.executable, "-m", "dvc", "status")
+
+    # a finetune param changes: DVC runs finetune (and what follows, if its output changed),
+    # nothing upstream of it
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["finetune"]["epochs"] = 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    out = _sh(repo, sys.executable, "-m", "dvc", "repro")
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert "finetune" in ran and not ran & {"validate", "preprocess", "pretrain"}, out
+    assert "up to date" in _sh(repo, sys.executable, "-m", "dvc", "status")

@@ -47,6 +47,15 @@ def test_summary_and_outputs(first: dict[str, Any], workspace: Path) -> None:
         assert (workspace / "artifacts" / rel).is_file(), rel
 
 
+def test_prefect_shows_the_validation_summary(first: dict[str, Any]) -> None:
+    from prefect.artifacts import Artifact
+
+    summary = Artifact.get("data-validation")
+    assert summary is not None and summary.type == "markdown"
+    assert "Data validation passed" in summary.data and "| 7 | 12 |" in summary.data
+    assert "expect_column_values_to_be_in_set" in summary.data
+
+
 def test_mlflow_parent_run_with_a_nested_run_per_stage(first: dict[str, Any]) -> None:
     client = mlflow.MlflowClient()
     parent = client.get_run(first["mlflow_run_id"])
@@ -111,3 +120,4 @@ def test_validation_failure_stops_before_training(workspace: Path, tiny_data: Pa
     state = _flow(workspace, one_class)
     assert state.is_failed()
     assert "data validation failed" in state.message and "min_classes" in state.message
+
