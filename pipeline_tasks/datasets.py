@@ -6,10 +6,12 @@ Nothing is downloaded at run time: the built-in ``mnist-5k`` is the 5,000 real M
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,27 @@ def refuse_non_empty(out: Path) -> None:
         )
 
 
+@contextlib.contextmanager
+def atomic_folder(out: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out``, renamed to ``out`` when the block succeeds and
+    removed when it fails: an import never leaves a half-written ``out``. ``out`` must be
+    absent or empty."""
+    refuse_non_empty(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the data folder's mode
+    try:
+        yield tmp
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_image_folder(
     images: Iterable[np.ndarray], labels: Iterable[object], out: Path, limit_per_class: int | None = None
 ) -> dict[str, int]:
@@ -56,12 +79,8 @@ def write_image_folder(
     ``out`` must not exist or be empty: we never mix a new dataset into a user's folder.
     PNGs are written without metadata, so the same arrays give the same bytes (and DVC md5).
     """
-    out = Path(out)
-    refuse_non_empty(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_folder(Path(out)) as tmp:
         for index, (image, label) in enumerate(zip(images, labels, strict=True)):
             name = str(label)
             if limit_per_class is not None and counts.get(name, 0) >= limit_per_class:
@@ -69,12 +88,6 @@ def write_image_folder(
             (tmp / name).mkdir(exist_ok=True)
             Image.fromarray(image).save(tmp / name / f"{index:05d}.png", optimize=False)
             counts[name] = counts.get(name, 0) + 1
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dict(sorted(counts.items()))
 
 

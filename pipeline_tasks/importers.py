@@ -14,7 +14,6 @@ import logging
 import math
 import re
 import shutil
-import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline_tasks.datasets import DatasetError, refuse_non_empty, write_image_folder
+from pipeline_tasks.datasets import DatasetError, atomic_folder, refuse_non_empty, write_image_folder
 
 log = logging.getLogger(__name__)
 
@@ -298,16 +297,8 @@ def import_folder(src: Path, out: Path) -> ImportSummary:
                if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")]
     if not classes:
         raise DatasetError(f"{src}: no class folders found; lay the images out as {src}/<class>/<image>")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         summary = _copy_tree(src, tmp, classes)
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if summary.skipped or summary.refused_symlinks:
         log.warning(
             "%s: copied %d images; skipped %d hidden/non-image entries %s; refused %d symlinks %s",
