@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                              help="copy a <class>/<image> tree (never moved), then `dvc add`")
     folder.add_argument("path", help="source folder, one sub-folder per class")
     folder.add_argument("--out", default="data", help="destination folder (default: data)")
+    folder.add_argument("--limit-per-class", type=int, default=None, metavar="N",
+                        help="copy at most N images per class (the first in path order)")
     idx = dsub.add_parser("import-idx", help="import MNIST-format idx files (gzipped or not), then `dvc add`")
     idx.add_argument("files", nargs="+", metavar="IMAGES LABELS | FOLDER",
                      help="pairs of images/labels idx files, or one folder holding *-images-idx3-ubyte[.gz] "

@@ -85,7 +85,7 @@ def _import(args: argparse.Namespace) -> dict[str, int]:
     if args.data_command == "builtin":
         return write_builtin(args.name, out, args.limit_per_class)
     if args.data_command == "import-folder":
-        summary = import_folder(Path(args.path), out)
+        summary = import_folder(Path(args.path), out, args.limit_per_class)
         if summary.skipped or summary.refused_symlinks:
             print(f"left out {len(summary.skipped)} non-image or hidden files and "
                   f"{len(summary.refused_symlinks)} symlinks (never followed)")

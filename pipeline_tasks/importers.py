@@ -262,8 +262,9 @@ def _walk(folder: Path) -> Iterator[tuple[str, Path]]:
             yield "skipped", entry
 
 
-def _copy_tree(src: Path, dest: Path, classes: list[str]) -> ImportSummary:
-    """Copy every image under ``src/<class>/`` to ``dest/<class>/``; ``dest`` exists and is empty."""
+def _copy_tree(src: Path, dest: Path, classes: list[str], limit_per_class: int | None) -> ImportSummary:
+    """Copy the images under ``src/<class>/`` (the first ``limit_per_class`` of each, in path
+    order, when given) to ``dest/<class>/``; ``dest`` exists and is empty."""
     counts = dict.fromkeys(classes, 0)
     skipped: list[str] = []
     refused: list[str] = []
@@ -275,6 +276,8 @@ def _copy_tree(src: Path, dest: Path, classes: list[str]) -> ImportSummary:
             refused.append(rel.as_posix())
         elif kind == "skipped" or len(rel.parts) == 1:  # hidden, not an image, or outside any class
             skipped.append(rel.as_posix())
+        elif limit_per_class is not None and counts[rel.parts[0]] >= limit_per_class:
+            continue  # a quick subset: left out on purpose, not reported as skipped
         else:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(entry, dest / rel, follow_symlinks=False)
@@ -282,7 +285,7 @@ def _copy_tree(src: Path, dest: Path, classes: list[str]) -> ImportSummary:
     return ImportSummary(counts, skipped, refused)
 
 
-def import_folder(src: Path, out: Path) -> ImportSummary:
+def import_folder(src: Path, out: Path, limit_per_class: int | None = None) -> ImportSummary:
     """Copy a class-per-folder tree ``src/<class>/**/<image>`` to ``out/<class>/...``, atomically.
 
     Only image suffixes (``IMAGE_SUFFIXES``, any case) are copied, keeping relative paths and file
@@ -298,7 +301,7 @@ def import_folder(src: Path, out: Path) -> ImportSummary:
     if not classes:
         raise DatasetError(f"{src}: no class folders found; lay the images out as {src}/<class>/<image>")
     with atomic_folder(out) as tmp:
-        summary = _copy_tree(src, tmp, classes)
+        summary = _copy_tree(src, tmp, classes, limit_per_class)
     if summary.skipped or summary.refused_symlinks:
         log.warning(
             "%s: copied %d images; skipped %d hidden/non-image entries %s; refused %d symlinks %s",

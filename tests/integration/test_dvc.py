@@ -87,3 +87,19 @@ def test_run_then_dvc_status_is_clean_and_repro_rebuilds(repo: Path) -> None:
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert "finetune" in ran and not ran & {"validate", "preprocess", "pretrain"}, out
     assert "up to date" in _sh(repo, sys.executable, "-m", "dvc", "status")
+
+
+def test_import_ends_with_dvc_add(tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`data import-folder` into the project's data/ records the new version in data.dvc."""
+    from flows.cli import main
+
+    _sh(tmp_path, "git", "init", "-q")
+    _sh(tmp_path, sys.executable, "-m", "dvc", "init", "-q")
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "import-folder", str(tiny_data), "--limit-per-class", "2"]) == 0
+    assert "DVC: recorded data in data.dvc" in capsys.readouterr().out
+    out = yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]
+    assert out["path"] == "data" and out["nfiles"] == 20
+    assert sorted(p.name for p in (tmp_path / "data" / "4").iterdir()) == ["02000.png", "02001.png"]
