@@ -9,18 +9,17 @@ import subprocess
 import sys
 import time
 import urllib.request
-import warnings
 from pathlib import Path
+
+import numpy as np
 
 from flows.cli import UserError, print_summary
 from flows.dvc import DvcError, commit_stage_outputs, in_dvc_repo, record_data_version, tracks
 from flows.tracking import TrackingError, lineage_tags, setup_tracking
 from pipeline_tasks.config import ConfigError, PipelineConfig, load_config
 from pipeline_tasks.datasets import DatasetError, write_builtin
-from pipeline_tasks.importers import find_idx_pairs, import_folder, import_idx
+from pipeline_tasks.importers import IMAGE_SUFFIXES, find_idx_pairs, import_folder, import_idx
 from pipeline_tasks.validate import DataError, list_images
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def _config(args: argparse.Namespace, data_dir: str | None = None) -> PipelineConfig:
@@ -130,15 +129,20 @@ def _image_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    import mlflow  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
-
+def _decode(path: Path, size: int, channels: int) -> np.ndarray:
+    """One file as uint8 ``[H, W, C]`` at the model's size, or a UserError naming it."""
     from pipeline_tasks.preprocess import load_image  # noqa: PLC0415
 
+    try:
+        return load_image(path, size, channels).transpose(1, 2, 0)
+    except (OSError, ValueError) as exc:  # PIL: unidentified, truncated, unsupported mode
+        raise UserError(f"{path}: does not decode as an image ({exc}); pass image files only") from exc
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import mlflow  # noqa: PLC0415
+
     files = _image_files(args.paths)
-    # MLflow nags about type hints on predict(); the model has an explicit tensor signature.
-    warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
     try:
         setup_tracking(os.environ.get("MLFLOW_EXPERIMENT_NAME", "pretrainflow"))
         model = mlflow.pyfunc.load_model(args.model_uri)
@@ -147,10 +151,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                         "Run `pretrainflow run` first, or pass --model-uri.") from exc
     shape = model.metadata.get_input_schema().inputs[0].shape  # (-1, H, W) or (-1, H, W, 3)
     channels = 1 if len(shape) == 3 else 3
-    try:
-        images = np.stack([load_image(f, shape[1], channels).transpose(1, 2, 0) for f in files])
-    except OSError as exc:
-        raise UserError(f"cannot decode an image: {exc}; remove or replace that file") from exc
+    images = np.stack([_decode(f, shape[1], channels) for f in files])
     preds = model.predict(images[..., 0] if channels == 1 else images)
     preds.insert(0, "path", [str(f) for f in files])
     if args.output:

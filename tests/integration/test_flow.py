@@ -86,6 +86,20 @@ def test_champion_predicts_labels_for_images_from_data(first: dict[str, Any], ti
     assert ((preds["confidence"] > 0) & (preds["confidence"] <= 1)).all()
 
 
+def test_predict_command(first: dict[str, Any], tiny_data: Path, tmp_path: Path,
+                         capsys: pytest.CaptureFixture[str]) -> None:
+    from flows.cli import main
+
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(tiny_data / "3"), str(tiny_data / "7"), "--output", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "path,label,confidence" and len(lines) == 1 + 24
+    (tmp_path / "notes.png").write_text("not an image")
+    assert main(["predict", str(tmp_path / "notes.png")]) == 1
+    err = capsys.readouterr().err
+    assert "notes.png: does not decode as an image" in err and "Traceback" not in err
+
+
 def test_second_run_is_cached_and_gate_keeps_the_champion(first: dict[str, Any], workspace: Path,
                                                           tiny_data: Path) -> None:
     state = _flow(workspace, tiny_data)
