@@ -23,8 +23,8 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 
 import pipeline_tasks
-from flows.stages import RUNNERS, ArtifactPaths, RunContext, dataset_digest
-from flows.tracking import lineage_tags, log_dataset, setup_tracking
+from flows.stages import RUNNERS, ArtifactPaths, RunContext
+from flows.tracking import lineage_tags, setup_tracking
 from pipeline_tasks.config import PipelineConfig, load_config
 from pipeline_tasks.validate import DataError, ValidationRecord
 
@@ -101,7 +101,7 @@ def validation_markdown(report: dict[str, Any]) -> str:
     lines += [f"| {e['suite']} | {e['expectation']} | {e['column']} | {'ok' if e['success'] else 'FAILED'} |"
               for e in report["expectations"]]
     for f in report["failures"]:
-        lines += ["", f"**{f['expectation']}** on `{f['column']}`: {f['fix']}", ""]
+        lines += ["", f"**{f['expectation']}** on `{f['column'] or 'the class table'}`: {f['fix']}", ""]
         lines += [f"- `{o}`" for o in f["offending"]]
     return "\n".join(lines)
 
@@ -170,8 +170,6 @@ def pretrain_finetune(
 def _train_and_register(validated: ValidationRecord, cfg: PipelineConfig, paths: ArtifactPaths,
                         ctx: RunContext, no_cache: bool) -> dict[str, Any]:
     """Everything after the gate, inside the flow's MLflow run; returns the run summary."""
-    mlflow.set_tag("data_images", str(validated.n_images))
-    log_dataset(validated.manifest_path, cfg.data.dir, dataset_digest(ctx, validated))
     ctx = RunContext(ctx.experiment_id, ctx.parent_run_id,
                      {**ctx.tags, "data_images": str(validated.n_images)})
     code, upstream = code_version(), (validated.data_digest,)

@@ -100,13 +100,12 @@ def run_validate(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> 
         mlflow.log_metrics({"n_images": record.n_images, "n_classes": record.n_classes,
                             "n_skipped": record.n_skipped})
         mlflow.set_tags({"data_digest": record.data_digest, "data_images": str(record.n_images)})
-        log_dataset(record.manifest_path, cfg.data.dir, dataset_digest(ctx, record))
+        md5 = ctx.tags.get("data_dvc_md5", "untracked")
+        digest = md5 if md5 != "untracked" else record.data_digest[:32]
+        log_dataset(record.manifest_path, cfg.data.dir, digest, ctx.parent_run_id)
+        if ctx.parent_run_id:  # the data version on the flow's run too
+            mlflow.MlflowClient().set_tag(ctx.parent_run_id, "data_images", str(record.n_images))
         return record
-
-
-def dataset_digest(ctx: RunContext, record: ValidationRecord) -> str:
-    md5 = ctx.tags.get("data_dvc_md5", "untracked")
-    return md5 if md5 != "untracked" else record.data_digest[:32]
 
 
 def run_preprocess(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> PreprocessRecord:

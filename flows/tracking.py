@@ -85,10 +85,13 @@ def lineage_tags(data_dir: str | Path) -> dict[str, str]:
     }
 
 
-def log_dataset(manifest_path: str | Path, data_dir: str | Path, digest: str) -> None:
-    """Log the images to the active run as an MLflow dataset input: digest = the DVC md5 of
-    data/ (or the content digest when the folder is not DVC-tracked), source = the folder."""
+def log_dataset(manifest_path: str | Path, data_dir: str | Path, digest: str,
+                parent_run_id: str | None = None) -> None:
+    """Log the images as an MLflow dataset input of the active run, and of ``parent_run_id``
+    when given (built once): digest = the DVC md5 of data/ (or the content digest when the
+    folder is not DVC-tracked), source = the folder."""
     import pandas as pd  # noqa: PLC0415
+    from mlflow.entities import DatasetInput, InputTag  # noqa: PLC0415
 
     manifest = pd.read_csv(manifest_path, usecols=["path", "label", "sha256"], dtype=str)
     with warnings.catch_warnings():  # MLflow registers the local source twice and says so
@@ -96,6 +99,9 @@ def log_dataset(manifest_path: str | Path, data_dir: str | Path, digest: str) ->
         dataset = mlflow.data.from_pandas(manifest, source=str(Path(data_dir).resolve()), name="images",
                                           digest=digest, targets="label")
     mlflow.log_input(dataset, context="training")
+    if parent_run_id:
+        mlflow.MlflowClient().log_inputs(parent_run_id, [DatasetInput(
+            dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", "training")])])
 
 
 def mlflow_log_metrics(metrics: dict[str, float], step: int) -> None:
