@@ -34,6 +34,21 @@ def _params_arg(p: argparse.ArgumentParser) -> None:
                    help="override one param, e.g. --set pretrain.epochs=2 (repeatable)")
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _split_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--labeled-per-class", type=_positive, default=None, metavar="N",
+                   help="keep the label of N images per class; write the rest, without labels, "
+                        "to --unlabeled-out as the pool for pretraining")
+    p.add_argument("--unlabeled-out", default="unlabeled",
+                   help="the unlabeled pool's folder (default: unlabeled); see data.unlabeled_dir")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pretrainflow",
@@ -57,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     builtin.add_argument("name", choices=["mnist-5k"])
     builtin.add_argument("--out", default="data", help="destination folder (default: data)")
     builtin.add_argument("--limit-per-class", type=int, default=None, metavar="N")
+    _split_args(builtin)
     folder = dsub.add_parser("import-folder",
                              help="copy a <class>/<image> tree (never moved), then `dvc add`")
     folder.add_argument("path", help="source folder, one sub-folder per class")
@@ -71,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     idx.add_argument("--limit-per-class", type=int, default=None, metavar="N")
     idx.add_argument("--class-names", default=None, metavar="A,B,...",
                      help="folder name for label 0, 1, ... (default: the label number)")
+    _split_args(idx)
+    pool = dsub.add_parser("import-unlabeled",
+                           help="copy images without labels (any folder layout) as the unlabeled pool, "
+                                "then `dvc add`")
+    pool.add_argument("path", help="source folder; every image under it is copied (never moved)")
+    pool.add_argument("--out", default="unlabeled", help="destination folder (default: unlabeled)")
 
     predict = sub.add_parser("predict", help="classify image files with a registered model")
     predict.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
@@ -108,7 +130,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     width = max(len(k) for k in summary)
     print("\n== pretrainflow summary ==")
     for key, value in summary.items():
-        shown = f"{value:.4f}" if isinstance(value, float) and key != "seconds" else value
+        shown = value
+        if isinstance(value, float) and key != "seconds":
+            shown = f"{value:+.2f}" if key == "lift_points" else f"{value:.4f}"
         print(f"  {key:<{width}}  {shown}")
 
 

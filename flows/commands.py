@@ -11,14 +11,26 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
-
 from flows.cli import UserError, print_summary
-from flows.dvc import DvcError, commit_stage_outputs, in_dvc_repo, record_data_version, tracks
+from flows.dvc import (
+    DvcError,
+    commit_stage_outputs,
+    in_dvc_repo,
+    record_data_version,
+    tracks,
+    untracked_pool_warning,
+)
 from flows.tracking import TrackingError, lineage_tags, setup_tracking
 from pipeline_tasks.config import ConfigError, PipelineConfig, load_config
-from pipeline_tasks.datasets import DatasetError, write_builtin
-from pipeline_tasks.importers import IMAGE_SUFFIXES, find_idx_pairs, import_folder, import_idx
+from pipeline_tasks.datasets import UNLABELED, DatasetError, write_builtin
+from pipeline_tasks.importers import (
+    IMAGE_SUFFIXES,
+    find_idx_pairs,
+    import_folder,
+    import_idx,
+    import_unlabeled,
+)
+from pipeline_tasks.manifest import list_pool
 from pipeline_tasks.validate import DataError, list_images
 
 
@@ -31,9 +43,14 @@ def _config(args: argparse.Namespace, data_dir: str | None = None) -> PipelineCo
 
 
 def _preflight(cfg: PipelineConfig) -> str:
-    """Cheap checks before Prefect starts: the data folder and the tracking store."""
+    """Cheap checks before Prefect starts: the data folders and the tracking store."""
     try:
         list_images(cfg.data.dir)
+        if cfg.data.unlabeled_dir:
+            list_pool(cfg.data.unlabeled_dir)
+            warning = untracked_pool_warning(cfg.data.unlabeled_dir)
+            if warning:
+                print(warning, file=sys.stderr)
         return setup_tracking(cfg.tracking.experiment)
     except (DataError, TrackingError) as exc:
         raise UserError(str(exc)) from exc
@@ -42,10 +59,12 @@ def _preflight(cfg: PipelineConfig) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args, args.data_dir)
     _preflight(cfg)
-    tracked = tracks(cfg.data.dir)
+    folders = [f for f in (cfg.data.dir, cfg.data.unlabeled_dir) if f]
+    tracked = all(tracks(f) for f in folders)
     try:
-        if tracked:
-            record_data_version(cfg.data.dir)  # every run points at a version dvc can restore
+        for folder in folders:
+            if tracks(folder):  # every run points at a version dvc can restore
+                record_data_version(folder)
     except DvcError as exc:
         raise UserError(f"{exc}; fix the DVC repository (`dvc doctor`) and rerun") from exc
     from flows.pipeline import pretrain_finetune  # noqa: PLC0415 - imports prefect
@@ -70,7 +89,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     experiment_id = _preflight(cfg)
-    ctx = RunContext(experiment_id, None, {**lineage_tags(cfg.data.dir), "runner": "pretrainflow stage"})
+    tags = lineage_tags(cfg.data.dir, cfg.data.unlabeled_dir)
+    ctx = RunContext(experiment_id, None, {**tags, "runner": "pretrainflow stage"})
     try:
         record = RUNNERS[args.name](cfg, ArtifactPaths(), ctx)
     except (DataError, ValueError) as exc:
@@ -82,9 +102,11 @@ def cmd_stage(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> dict[str, int]:
     out = Path(args.out)
     if args.data_command == "builtin":
-        return write_builtin(args.name, out, args.limit_per_class)
-    if args.data_command == "import-folder":
-        summary = import_folder(Path(args.path), out, args.limit_per_class)
+        return write_builtin(args.name, out, args.limit_per_class, args.labeled_per_class,
+                             Path(args.unlabeled_out))
+    if args.data_command in ("import-folder", "import-unlabeled"):
+        summary = (import_folder(Path(args.path), out, args.limit_per_class)
+                   if args.data_command == "import-folder" else import_unlabeled(Path(args.path), out))
         if summary.skipped or summary.refused_symlinks:
             print(f"left out {len(summary.skipped)} non-image or hidden files and "
                   f"{len(summary.refused_symlinks)} symlinks (never followed)")
@@ -97,7 +119,8 @@ def _import(args: argparse.Namespace) -> dict[str, int]:
     else:
         raise UserError("import-idx takes IMAGES LABELS pairs, or one folder of idx files", code=2)
     names = args.class_names.split(",") if args.class_names else None
-    return import_idx(pairs, out, args.limit_per_class, names).counts
+    return import_idx(pairs, out, args.limit_per_class, names, args.labeled_per_class,
+                      Path(args.unlabeled_out)).counts
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -105,13 +128,22 @@ def cmd_data(args: argparse.Namespace) -> int:
         counts = _import(args)
     except DatasetError as exc:
         raise UserError(str(exc)) from exc
-    print(f"wrote {sum(counts.values())} images in {len(counts)} classes to {args.out}/")
-    if tracks(args.out):
-        try:
-            record_data_version(args.out)
-            print(f"DVC: recorded {args.out} in data.dvc")
-        except DvcError as exc:
-            raise UserError(f"{exc}; the images are in {args.out}, run `dvc add {args.out}` by hand") from exc
+    pool = counts.pop(UNLABELED, None)
+    written = [] if args.data_command == "import-unlabeled" else [args.out]
+    if counts:
+        print(f"wrote {sum(counts.values())} labeled images in {len(counts)} classes to {args.out}/")
+    if pool is not None:
+        pool_dir = args.out if args.data_command == "import-unlabeled" else args.unlabeled_out
+        written.append(pool_dir)
+        print(f"wrote {pool} unlabeled images to {pool_dir}/; pretrain on them with "
+              f"`--set data.unlabeled_dir={pool_dir}` (or data.unlabeled_dir in params.yaml)")
+    for folder in written:
+        if tracks(folder):
+            try:
+                record_data_version(folder)
+                print(f"DVC: recorded {folder} in {folder}.dvc")
+            except DvcError as exc:
+                raise UserError(f"{exc}; the images are in {folder}, run `dvc add {folder}` by hand") from exc
     return 0
 
 
@@ -129,18 +161,9 @@ def _image_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def _decode(path: Path, size: int, channels: int) -> np.ndarray:
-    """One file as uint8 ``[H, W, C]`` at the model's size, or a UserError naming it."""
-    from pipeline_tasks.preprocess import load_image  # noqa: PLC0415
-
-    try:
-        return load_image(path, size, channels).transpose(1, 2, 0)
-    except (OSError, ValueError) as exc:  # PIL: unidentified, truncated, unsupported mode
-        raise UserError(f"{path}: does not decode as an image ({exc}); pass image files only") from exc
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     import mlflow  # noqa: PLC0415
+    import pandas as pd  # noqa: PLC0415
 
     files = _image_files(args.paths)
     try:
@@ -149,10 +172,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     except (TrackingError, mlflow.exceptions.MlflowException) as exc:
         raise UserError(f"cannot load model {args.model_uri}: {str(exc).splitlines()[0]}. "
                         "Run `pretrainflow run` first, or pass --model-uri.") from exc
-    shape = model.metadata.get_input_schema().inputs[0].shape  # (-1, H, W) or (-1, H, W, 3)
-    channels = 1 if len(shape) == 3 else 3
-    images = np.stack([_decode(f, shape[1], channels) for f in files])
-    preds = model.predict(images[..., 0] if channels == 1 else images)
+    try:  # the model decodes and resizes the files itself, as it does when served
+        preds = model.predict(pd.DataFrame({"image": [str(f) for f in files]}))
+    except (ValueError, mlflow.exceptions.MlflowException) as exc:
+        raise UserError(f"{str(exc).splitlines()[0]}; pass image files only") from exc
     preds.insert(0, "path", [str(f) for f in files])
     if args.output:
         preds.to_csv(args.output, index=False)

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 
 class DvcError(RuntimeError):
     pass
@@ -24,13 +26,15 @@ def dvc(*args: str) -> str:
     return proc.stdout
 
 
-def tracks(data_dir: str | Path) -> bool:
-    """True when ``data_dir`` is the project's ``data/``, which ``data.dvc`` tracks."""
-    return in_dvc_repo() and Path(data_dir).resolve() == Path("data").resolve()
+def tracks(folder: str | Path) -> bool:
+    """True when ``folder`` is a data folder of this DVC project (a direct child of the project
+    root, like ``data/`` and ``unlabeled/``), which ``FOLDER.dvc`` tracks; folders elsewhere
+    are read where they are and not versioned."""
+    return in_dvc_repo() and Path(folder).resolve().parent == Path.cwd().resolve()
 
 
 def record_data_version(data_dir: str | Path) -> None:
-    """``dvc add`` the data folder: data.dvc then names the exact version a run used, and
+    """``dvc add`` the data folder: FOLDER.dvc then names the exact version a run used, and
     ``dvc checkout`` can bring it back. Files are copied into the cache, never modified."""
     dvc("add", "--quiet", str(data_dir))
 
@@ -39,3 +43,19 @@ def commit_stage_outputs() -> None:
     """Record the flow's outputs in dvc.lock, as `dvc repro` would have, so `dvc status` is
     clean. Only valid when the flow ran with params.yaml as is and the tracked data."""
     dvc("commit", "--force", "--quiet")
+
+
+def untracked_pool_warning(pool_dir: str | Path | None) -> str | None:
+    """A warning when ``dvc.yaml``'s validate stage does not depend on the unlabeled pool:
+    ``dvc repro`` would then not notice a changed pool (DVC cannot template an optional dep)."""
+    if not pool_dir or not in_dvc_repo():
+        return None
+    try:
+        deps = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]["validate"].get("deps", [])
+    except (yaml.YAMLError, KeyError, TypeError):
+        return None
+    listed = {Path(str(d)).resolve() for d in deps}
+    if Path(pool_dir).resolve() in listed:
+        return None
+    return (f"warning: dvc.yaml's validate stage does not list the unlabeled pool {pool_dir} under deps, "
+            f"so `dvc repro` will not notice when the pool changes; add `- {pool_dir}` there")

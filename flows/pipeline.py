@@ -23,7 +23,8 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 
 import pipeline_tasks
-from flows.stages import RUNNERS, ArtifactPaths, RunContext
+from flows.registry import RegisterRecord, apply_decision
+from flows.stages import RUNNERS, ArtifactPaths, RunContext, run_register
 from flows.tracking import lineage_tags, setup_tracking
 from pipeline_tasks.config import PipelineConfig, load_config
 from pipeline_tasks.validate import DataError, ValidationRecord
@@ -32,12 +33,15 @@ from pipeline_tasks.validate import DataError, ValidationRecord
 # reads) and ctx holds the MLflow parent run id, which is new every run.
 CACHE_POLICY = (INPUTS - "cfg" - "ctx") + TASK_SOURCE
 
-# (params sections read, files whose sha256 proves the outputs are still the cached ones)
+# (params sections read, files whose sha256 proves the outputs are still the cached ones;
+# those that a stage writes only sometimes, like the scratch baseline, are checked when present)
 STAGE_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "preprocess": (("data", "preprocess"), ("preprocessed/train.pt", "preprocessed/val.pt",
-                                            "preprocessed/test.pt", "preprocessed/classes.json")),
+                                            "preprocessed/test.pt", "preprocessed/pool.pt",
+                                            "preprocessed/classes.json", "preprocessed/splits.json")),
     "pretrain": (("pretrain",), ("pretrain/encoder.pt",)),
-    "finetune": (("finetune",), ("finetune/classifier.pt",)),
+    "finetune": (("finetune",), ("finetune/classifier.pt", "finetune/baseline.pt",
+                                 "finetune/summary.json")),
     "evaluate": (("evaluate",), ("metrics.json", "plots/confusion_matrix.png")),
 }
 
@@ -111,13 +115,21 @@ def stage_task(stage: str, key: str, upstream: tuple[Any, ...], cfg: PipelineCon
                paths: ArtifactPaths, ctx: RunContext) -> StageResult:
     record = RUNNERS[stage](cfg, paths, ctx)
     files = [paths.root / f for f in STAGE_KEYS[stage][1]]
-    return StageResult(stage, record, tuple((str(f), _sha256(f)) for f in files))
+    return StageResult(stage, record, tuple((str(f), _sha256(f)) for f in files if f.is_file()))
 
 
 @task(name="register-model")
 def register_task(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext,
-                  evaluated: StageResult) -> Any:
-    return RUNNERS["register"](cfg, paths, ctx)
+                  evaluated: StageResult) -> RegisterRecord:
+    """Register and decide; the aliases move in `move-aliases`, after everything else."""
+    return run_register(cfg, paths, ctx, apply=False)
+
+
+@task(name="move-aliases")
+def move_aliases_task(record: RegisterRecord, paths: ArtifactPaths) -> RegisterRecord:
+    record = apply_decision(record)
+    paths.registered.write_text(json.dumps(record.to_dict(), indent=2) + "\n")
+    return record
 
 
 def _run_stage(stage: str, upstream: tuple[Any, ...], cfg: PipelineConfig, paths: ArtifactPaths,
@@ -144,7 +156,7 @@ def pretrain_finetune(
     cfg = load_config(params, sets)
     paths = ArtifactPaths(Path(artifacts).resolve())
     experiment_id = setup_tracking(cfg.tracking.experiment)
-    tags = {**lineage_tags(cfg.data.dir), "prefect_flow_run_id": str(flow_run.id),
+    tags = {**lineage_tags(cfg.data.dir, cfg.data.unlabeled_dir), "prefect_flow_run_id": str(flow_run.id),
             "prefect_flow_run_name": str(flow_run.name)}
     parent = mlflow.start_run(experiment_id=experiment_id, run_name=f"pretrain-finetune {flow_run.name}",
                               tags=tags)
@@ -155,11 +167,13 @@ def pretrain_finetune(
         if isinstance(validated, str):
             mlflow.end_run("FAILED")
             return Failed(message=validated)
-        summary = _train_and_register(validated, cfg, paths, ctx, no_cache)
+        summary, registered = _train_and_register(validated, cfg, paths, ctx, no_cache)
         summary["seconds"] = round(time.perf_counter() - started, 1)
         mlflow.log_metric("pipeline_seconds", summary["seconds"])
         create_markdown_artifact(key="run-summary", markdown=_summary_markdown(summary),
                                  description="pretrain-finetune results")
+        # Last: the aliases move only once everything else has succeeded.
+        summary["aliases"] = list(move_aliases_task(registered, paths).aliases)
         mlflow.end_run("FINISHED")
         return summary
     except BaseException:
@@ -168,8 +182,9 @@ def pretrain_finetune(
 
 
 def _train_and_register(validated: ValidationRecord, cfg: PipelineConfig, paths: ArtifactPaths,
-                        ctx: RunContext, no_cache: bool) -> dict[str, Any]:
-    """Everything after the gate, inside the flow's MLflow run; returns the run summary."""
+                        ctx: RunContext, no_cache: bool) -> tuple[dict[str, Any], RegisterRecord]:
+    """Everything after the gate, inside the flow's MLflow run; returns the run summary and
+    the registration, whose aliases have not moved yet."""
     ctx = RunContext(ctx.experiment_id, ctx.parent_run_id,
                      {**ctx.tags, "data_images": str(validated.n_images)})
     code, upstream = code_version(), (validated.data_digest,)
@@ -178,15 +193,29 @@ def _train_and_register(validated: ValidationRecord, cfg: PipelineConfig, paths:
         results[stage] = _run_stage(stage, upstream, cfg, paths, ctx, code, no_cache)
         upstream = (*upstream, results[stage].outputs)
     registered = register_task(cfg, paths, ctx, results["evaluate"])
-    evaluated = results["evaluate"].record
-    return {
-        "test_accuracy": evaluated.test_accuracy, "test_macro_f1": evaluated.test_macro_f1,
+    metrics = json.loads(paths.metrics.read_text())
+    summary = {
+        "mode": cfg.finetune.mode if cfg.finetune.mode == "scratch" else f"{cfg.finetune.mode} (pretrained)",
+        "test_accuracy": metrics["test_accuracy"],
+        "scratch_test_accuracy": metrics.get("scratch_test_accuracy", "not trained (finetune.baseline)"),
+        "lift_points": metrics.get("lift_points", "n/a"),
+        "labels_used": metrics["labels_used"], "train_labels": metrics["train_labels"],
+        "val_labels": metrics["val_labels"], "test_images": metrics["test_images"],
+        "pretrain_images": results["pretrain"].record.n_images,
+        "test_macro_f1": metrics["test_macro_f1"],
         "mlflow_run_id": ctx.parent_run_id, "model_name": registered.model_name,
-        "model_version": registered.version, "aliases": list(registered.aliases),
+        "model_version": registered.version, "aliases": list(registered.aliases), "gate": registered.reason,
         "tracking_uri": mlflow.get_tracking_uri(), "data_dvc_md5": ctx.tags["data_dvc_md5"],
     }
+    return summary, registered
 
 
 def _summary_markdown(summary: dict[str, Any]) -> str:
+    head = ""
+    if isinstance(summary.get("lift_points"), float | int):
+        head = (f"**Pretrained {summary['test_accuracy']:.4f} vs scratch "
+                f"{summary['scratch_test_accuracy']:.4f}: {summary['lift_points']:+.2f} points** with "
+                f"{summary['labels_used']} labels ({summary['train_labels']} training + "
+                f"{summary['val_labels']} validation), on {summary['test_images']} test images.\n\n")
     rows = "\n".join(f"| {k} | {v} |" for k, v in summary.items())
-    return f"# pretrain-finetune\n\n| field | value |\n|---|---|\n{rows}\n"
+    return f"# pretrain-finetune\n\n{head}| field | value |\n|---|---|\n{rows}\n"

@@ -16,7 +16,7 @@ from typing import Any
 
 import mlflow
 
-from flows.registry import RegisterRecord, register_model
+from flows.registry import RegisterRecord, apply_decision, register_model
 from flows.tracking import log_dataset, mlflow_log_metrics, stage_run
 from pipeline_tasks.config import PipelineConfig
 from pipeline_tasks.evaluate import EvaluateRecord, evaluate_classifier
@@ -89,16 +89,18 @@ def manifest_cache(data_dir: str | Path) -> Path:
 
 
 def run_validate(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> ValidationRecord:
+    pool = cfg.data.unlabeled_dir
     with stage_run("validate", ctx.experiment_id, ctx.parent_run_id,
                    cfg.section("validate"), ctx.tags):
         try:
             record = validate_data(cfg.data.dir, cfg.validate_, paths.validation,
-                                   manifest_cache(cfg.data.dir))
+                                   manifest_cache(cfg.data.dir), pool,
+                                   manifest_cache(pool) if pool else None)
         finally:
             if (paths.validation / "report.json").exists():
                 mlflow.log_artifacts(str(paths.validation), "validation")
         mlflow.log_metrics({"n_images": record.n_images, "n_classes": record.n_classes,
-                            "n_skipped": record.n_skipped})
+                            "n_skipped": record.n_skipped, "n_pool": record.n_pool})
         mlflow.set_tags({"data_digest": record.data_digest, "data_images": str(record.n_images)})
         md5 = ctx.tags.get("data_dvc_md5", "untracked")
         digest = md5 if md5 != "untracked" else record.data_digest[:32]
@@ -112,8 +114,13 @@ def run_preprocess(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -
     manifest = require(paths.validation / "manifest.csv", "validate")
     with stage_run("preprocess", ctx.experiment_id, ctx.parent_run_id,
                    {**cfg.section("data"), **cfg.section("preprocess")}, ctx.tags):
-        record = preprocess_data(manifest, cfg.data.dir, cfg.data, cfg.preprocess, paths.preprocessed)
-        mlflow.log_metrics({"n_train": record.n_train, "n_val": record.n_val, "n_test": record.n_test})
+        pool = None
+        if cfg.data.unlabeled_dir:
+            pool = (require(paths.validation / "pool_manifest.csv", "validate"), cfg.data.unlabeled_dir)
+        record = preprocess_data(manifest, cfg.data.dir, cfg.data, cfg.preprocess, paths.preprocessed, pool)
+        mlflow.log_metrics({"n_train": record.n_train, "n_val": record.n_val, "n_test": record.n_test,
+                            "n_pool": record.n_pool})
+        mlflow.set_tag("test_split_sha256", record.test_fingerprint)
         mlflow.log_artifact(str(paths.preprocessed / "splits.csv"), "preprocess")
         return record
 
@@ -123,28 +130,48 @@ def run_pretrain(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> 
     with stage_run("pretrain", ctx.experiment_id, ctx.parent_run_id,
                    cfg.section("pretrain"), ctx.tags):
         record = pretrain_encoder(paths.preprocessed, cfg.pretrain, paths.pretrain, mlflow_log_metrics)
+        mlflow.log_metrics({"pretrain_images": record.n_images, "pretrain_pool_images": record.n_pool})
         mlflow.log_artifact(record.encoder_path, "pretrain")
         return record
 
 
 def run_finetune(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> FinetuneRecord:
-    classes = json.loads(require(paths.preprocessed / "classes.json", "preprocess").read_text())
+    """The classifier (``finetune.mode``) and, with ``finetune.baseline``, the same network
+    from scratch on the same labels and steps; ``summary.json`` records both."""
+    classes = tuple(json.loads(require(paths.preprocessed / "classes.json", "preprocess").read_text()))
     encoder = require(paths.pretrain / "encoder.pt", "pretrain")
     with stage_run("finetune", ctx.experiment_id, ctx.parent_run_id,
                    cfg.section("finetune"), ctx.tags):
-        record = finetune_classifier(paths.preprocessed, encoder, tuple(classes), cfg.finetune,
+        record = finetune_classifier(paths.preprocessed, encoder, classes, cfg.finetune,
                                      paths.finetune, mlflow_log_metrics)
-        mlflow.log_metrics({"best_val_accuracy": record.best_val_accuracy,
-                            "n_labeled": record.n_labeled})
+        records = {"classifier": record.to_dict()}
+        baseline = paths.finetune / "baseline.pt"
+        baseline.unlink(missing_ok=True)
+        if cfg.finetune.baseline and cfg.finetune.mode != "scratch":
+            base = finetune_classifier(paths.preprocessed, encoder, classes, cfg.finetune, paths.finetune,
+                                       lambda m, step: mlflow_log_metrics(
+                                           {f"scratch_{k}": v for k, v in m.items()}, step),
+                                       mode="scratch", out_name=baseline.name)
+            records["baseline"] = base.to_dict()
+            mlflow.log_metric("scratch_best_val_accuracy", base.best_val_accuracy)
+        mlflow.log_metrics({"best_val_accuracy": record.best_val_accuracy, "n_labeled": record.n_labeled,
+                            "n_val_labels": record.n_val_labels, "labels_used": record.labels_used,
+                            "steps": record.steps})
+        (paths.finetune / "summary.json").write_text(json.dumps(records, indent=2) + "\n")
         return record
 
 
 def run_evaluate(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> EvaluateRecord:
     classifier = require(paths.finetune / "classifier.pt", "finetune")
+    trained = json.loads(require(paths.finetune / "summary.json", "finetune").read_text())["classifier"]
+    baseline = paths.finetune / "baseline.pt"
     with stage_run("evaluate", ctx.experiment_id, ctx.parent_run_id,
                    cfg.section("evaluate"), ctx.tags):
-        record = evaluate_classifier(paths.preprocessed, classifier, cfg.evaluate, paths.metrics,
-                                     paths.plots)
+        record = evaluate_classifier(
+            paths.preprocessed, classifier, cfg.evaluate, paths.metrics, paths.plots,
+            baseline if baseline.is_file() else None,
+            {"labels_used": trained["labels_used"], "train_labels": trained["n_labeled"],
+             "val_labels": trained["n_val_labels"]})
         metrics = json.loads(paths.metrics.read_text())
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(paths.metrics))
@@ -156,13 +183,27 @@ def run_evaluate(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> 
         return record
 
 
-def run_register(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> RegisterRecord:
+def run_register(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext,
+                 apply: bool = True) -> RegisterRecord:
+    """Register the classifier and decide on the aliases; with ``apply`` (``pretrainflow
+    stage register``, the last DVC stage) move them now. The flow passes ``apply=False`` and
+    moves them only after every other step has succeeded."""
     classifier = require(paths.finetune / "classifier.pt", "finetune")
     metrics = json.loads(require(paths.metrics, "evaluate").read_text())
+    split = json.loads(require(paths.preprocessed / "splits.json", "preprocess").read_text())
+    data_version = ctx.tags.get("data_dvc_md5", "untracked")
+    if data_version == "untracked":  # a folder outside DVC: the content digest of the gate
+        report = json.loads(require(paths.validation / "report.json", "validate").read_text())
+        data_version = f"sha256:{report['data_digest']}"
+    if ctx.tags.get("pool_dvc_md5"):
+        data_version += f" + pool {ctx.tags['pool_dvc_md5']}"
     with stage_run("register", ctx.experiment_id, ctx.parent_run_id,
                    cfg.section("register"), ctx.tags) as run_id:
-        record = register_model(classifier, metrics, cfg, run_id)
-        paths.registered.write_text(json.dumps(record.__dict__, indent=2) + "\n")
+        record = register_model(classifier, metrics, split, cfg, run_id, data_version, paths.preprocessed)
+        if apply:
+            record = apply_decision(record)
+        mlflow.set_tags({"gate_reason": record.reason[:5000]})
+        paths.registered.write_text(json.dumps(record.to_dict(), indent=2) + "\n")
         return record
 
 

@@ -62,9 +62,10 @@ def git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
-def dvc_data_md5(data_dir: str | Path, dvc_file: str | Path = "data.dvc") -> str:
-    """The md5 that ``data.dvc`` records for ``data_dir``, or ``untracked``."""
-    path = Path(dvc_file)
+def dvc_data_md5(data_dir: str | Path, dvc_file: str | Path | None = None) -> str:
+    """The md5 that ``FOLDER.dvc`` (``dvc add``'s file beside the folder) records for
+    ``data_dir``, or ``untracked``."""
+    path = Path(dvc_file) if dvc_file else Path(f"{Path(data_dir)}.dvc")
     if not path.is_file():
         return "untracked"
     try:
@@ -77,12 +78,15 @@ def dvc_data_md5(data_dir: str | Path, dvc_file: str | Path = "data.dvc") -> str
     return str(outs[0].get("md5", "untracked"))
 
 
-def lineage_tags(data_dir: str | Path) -> dict[str, str]:
-    return {
+def lineage_tags(data_dir: str | Path, pool_dir: str | Path | None = None) -> dict[str, str]:
+    tags = {
         "git_commit": git_commit(),
         "data_dvc_md5": dvc_data_md5(data_dir),
         "data_dir": str(Path(data_dir).resolve()),
     }
+    if pool_dir:
+        tags.update(pool_dvc_md5=dvc_data_md5(pool_dir), pool_dir=str(Path(pool_dir).resolve()))
+    return tags
 
 
 def log_dataset(manifest_path: str | Path, data_dir: str | Path, digest: str,

@@ -24,7 +24,9 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    dir: str = "data"
+    dir: str = "data"  # the labeled images, <class>/<image>
+    # Images without labels, in any folder layout, used only for pretraining (None: no pool).
+    unlabeled_dir: str | None = None
     image_size: int = Field(28, ge=8, le=1024)
     channels: Literal[1, 3] = 1
     # Keep at most N images per class (quick runs on big folders); None keeps all.
@@ -56,9 +58,9 @@ class PreprocessConfig(_Section):
 
 class PretrainConfig(_Section):
     method: Literal["simclr"] = "simclr"
-    epochs: int = Field(20, ge=1)
+    epochs: int = Field(40, ge=1)
     batch_size: int = Field(256, ge=4)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     warmup_epochs: int = Field(1, ge=0)
     temperature: float = Field(0.5, gt=0)
@@ -76,11 +78,22 @@ class PretrainConfig(_Section):
 
 
 class FinetuneConfig(_Section):
-    mode: Literal["full", "linear"] = "full"
-    label_fraction: float = Field(0.1, gt=0, le=1)
-    epochs: int = Field(30, ge=1)
+    # full: pretrained encoder + head, all trained; linear: frozen encoder, linear probe;
+    # scratch: the same network from random weights.
+    mode: Literal["full", "linear", "scratch"] = "full"
+    # Also train the scratch baseline (same network, labels, recipe and steps) and report the lift.
+    baseline: bool = True
+    label_fraction: float = Field(0.01, gt=0, le=1)  # of the training split's labels
+    # Validation labels per class used for model selection (None: the whole val split); they
+    # are labels too, and count in labels_used.
+    val_per_class: int | None = Field(10, ge=1)
+    epochs: int = Field(30, ge=1)  # also the number of validation checks
+    # At least this many optimisation steps, however small the labeled set (35 images at
+    # batch 64 are one step an epoch).
+    min_steps: int = Field(300, ge=1)
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-2, gt=0)
+    encoder_lr_scale: float = Field(0.1, gt=0, le=1)  # full mode: encoder lr = lr * this
     weight_decay: float = Field(1e-4, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
@@ -92,8 +105,11 @@ class EvaluateConfig(_Section):
 
 class RegisterConfig(_Section):
     model_name: str = Field("pretrainflow-classifier", min_length=1)
+    metric: Literal["test_accuracy", "test_macro_f1"] = "test_accuracy"  # what the gate compares
     # The new version takes the champion alias only when it beats the champion by this much.
     min_improvement: float = Field(0.0, ge=0)
+    # ...and only when it beat its own from-scratch baseline (needs finetune.baseline: true).
+    require_lift: bool = True
 
 
 class TrackingConfig(_Section):

@@ -11,13 +11,14 @@ import importlib.util
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 BUILTIN_DATASETS = ("mnist-5k",)
+UNLABELED = "(unlabeled)"  # the key under which importers count the images of the pool
 
 
 class DatasetError(ValueError):
@@ -91,9 +92,49 @@ def write_image_folder(
     return dict(sorted(counts.items()))
 
 
-def write_builtin(name: str, out: Path, limit_per_class: int | None = None) -> dict[str, int]:
-    """Write built-in dataset ``name`` under ``out``; returns images per class."""
+def labeled_mask(labels: Sequence[object] | np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
+    """True for the images that keep their label: ``per_class`` of each class, drawn at random
+    (seeded, so the same call writes the same files)."""
+    names = np.array([str(x) for x in labels])
+    keep = np.zeros(len(names), dtype=bool)
+    order = np.random.default_rng(seed).permutation(len(names))
+    for name in np.unique(names):
+        keep[order[names[order] == name][:per_class]] = True
+    return keep
+
+
+def write_pool_folder(images: Iterable[np.ndarray], out: Path) -> int:
+    """Write arrays as ``out/<index>.png`` atomically, with no trace of their labels (an
+    unlabeled pool); returns how many were written."""
+    n = 0
+    with atomic_folder(Path(out)) as tmp:
+        for n, image in enumerate(images, start=1):
+            Image.fromarray(image).save(tmp / f"{n - 1:05d}.png", optimize=False)
+    return n
+
+
+def write_labeled_and_pool(
+    images: np.ndarray, labels: Sequence[object] | np.ndarray, out: Path, limit_per_class: int | None = None,
+    labeled_per_class: int | None = None, pool_out: Path | None = None,
+) -> dict[str, int]:
+    """``write_image_folder``; with ``labeled_per_class`` only that many per class keep their
+    label, and the rest go to the unlabeled pool ``pool_out`` (count under ``"(unlabeled)"``)."""
+    if labeled_per_class is None:
+        return write_image_folder(images, labels, out, limit_per_class)
+    if pool_out is None:
+        raise DatasetError("--labeled-per-class needs a folder for the unlabeled rest (--unlabeled-out)")
+    refuse_non_empty(Path(pool_out))
+    keep = labeled_mask(labels, labeled_per_class)
+    counts = write_image_folder(images[keep], [lab for lab, k in zip(labels, keep, strict=True) if k], out,
+                                limit_per_class)
+    return {**counts, UNLABELED: write_pool_folder(images[~keep], Path(pool_out))}
+
+
+def write_builtin(name: str, out: Path, limit_per_class: int | None = None,
+                  labeled_per_class: int | None = None, pool_out: Path | None = None) -> dict[str, int]:
+    """Write built-in dataset ``name`` under ``out`` (and, with ``labeled_per_class``, the
+    rest as an unlabeled pool under ``pool_out``); returns images per class."""
     if name != "mnist-5k":
         raise DatasetError(f"unknown built-in dataset {name!r}; available: {', '.join(BUILTIN_DATASETS)}")
     images, labels = load_mnist_5k()
-    return write_image_folder(images, labels, out, limit_per_class)
+    return write_labeled_and_pool(images, labels, out, limit_per_class, labeled_per_class, pool_out)

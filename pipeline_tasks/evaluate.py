@@ -21,6 +21,8 @@ class EvaluateRecord:
     confusion_png: str
     test_accuracy: float
     test_macro_f1: float
+    scratch_test_accuracy: float | None = None  # the from-scratch baseline, when trained
+    lift_points: float | None = None  # (test_accuracy - scratch_test_accuracy) * 100
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -71,25 +73,41 @@ def render_confusion(cm: np.ndarray, classes: list[str], path: Path, cell: int =
     img.save(path)
 
 
-def evaluate_classifier(
-    preprocessed_dir: str | Path, classifier_path: str | Path, cfg: EvaluateConfig,
-    metrics_path: str | Path, plots_dir: str | Path,
-) -> EvaluateRecord:
-    """Score the classifier on the test split; writes ``metrics_path`` (DVC metrics) and
-    ``plots_dir/{confusion_matrix.png, predictions.csv}``."""
+def score(preprocessed_dir: str | Path, classifier_path: str | Path,
+          batch_size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(probabilities [N, K], true labels [N], class names)`` on the test split."""
     model, classes = load_classifier(classifier_path)
     x, y = load_split(preprocessed_dir, "test")
     if len(x) == 0:
         raise ValueError("the test split is empty: add images or raise preprocess.test_fraction")
-    probs = torch.softmax(predict_logits(model, x, torch.device("cpu"), cfg.batch_size), 1).numpy()
-    y_true, y_pred = y.numpy(), probs.argmax(1)
+    probs = torch.softmax(predict_logits(model, x, torch.device("cpu"), batch_size), 1).numpy()
+    return probs, y.numpy(), classes
+
+
+def evaluate_classifier(
+    preprocessed_dir: str | Path, classifier_path: str | Path, cfg: EvaluateConfig,
+    metrics_path: str | Path, plots_dir: str | Path, baseline_path: str | Path | None = None,
+    extra: dict[str, float] | None = None,
+) -> EvaluateRecord:
+    """Score the classifier (and the scratch ``baseline_path``, when given) on the test split;
+    writes ``metrics_path`` (DVC metrics, with ``extra`` merged in) and
+    ``plots_dir/{confusion_matrix.png, predictions.csv}``."""
+    probs, y_true, classes = score(preprocessed_dir, classifier_path, cfg.batch_size)
+    y_pred = probs.argmax(1)
     cm = confusion_matrix(y_true, y_pred, len(classes))
-    metrics = {
+    metrics: dict[str, float] = {
         "test_accuracy": float((y_true == y_pred).mean()),
         "test_macro_f1": macro_f1(cm),
         "test_ece": expected_calibration_error(probs, y_true),
         "test_images": int(len(y_true)),
     }
+    scratch = lift = None
+    if baseline_path is not None:
+        base_probs, _, _ = score(preprocessed_dir, baseline_path, cfg.batch_size)
+        scratch = float((base_probs.argmax(1) == y_true).mean())
+        lift = round((metrics["test_accuracy"] - scratch) * 100, 2)
+        metrics.update(scratch_test_accuracy=scratch, lift_points=lift)
+    metrics.update(extra or {})
     Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
     Path(metrics_path).write_text(json.dumps(metrics, indent=2) + "\n")
     plots = Path(plots_dir)
@@ -97,4 +115,5 @@ def evaluate_classifier(
     render_confusion(cm, classes, png)
     rows = "".join(f"{classes[t]},{classes[p]}\n" for t, p in zip(y_true, y_pred, strict=True))
     (plots / "predictions.csv").write_text("actual,predicted\n" + rows)
-    return EvaluateRecord(str(metrics_path), str(png), metrics["test_accuracy"], metrics["test_macro_f1"])
+    return EvaluateRecord(str(metrics_path), str(png), metrics["test_accuracy"], metrics["test_macro_f1"],
+                          scratch, lift)

@@ -9,7 +9,6 @@ temporary folder next to ``out`` and rename it at the end, so an error never lea
 from __future__ import annotations
 
 import gzip
-import itertools
 import logging
 import math
 import re
@@ -21,7 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline_tasks.datasets import DatasetError, atomic_folder, refuse_non_empty, write_image_folder
+from pipeline_tasks.datasets import (
+    UNLABELED,
+    DatasetError,
+    atomic_folder,
+    refuse_non_empty,
+    write_labeled_and_pool,
+)
 
 log = logging.getLogger(__name__)
 
@@ -160,11 +165,15 @@ def import_idx(
     out: Path,
     limit_per_class: int | None = None,
     class_names: Sequence[str] | None = None,
+    labeled_per_class: int | None = None,
+    pool_out: Path | None = None,
 ) -> ImportSummary:
     """Write idx ``(images, labels)`` pairs, concatenated in order, as ``out/<class>/<index:05d>.png``.
 
     ``<index>`` runs over all pairs; ``<class>`` is ``class_names[label]`` or ``str(label)``.
-    All files are read and checked before anything is written; the output is byte-deterministic.
+    With ``labeled_per_class``, only that many per class keep their label; the rest go to
+    ``pool_out`` as an unlabeled pool. All files are read and checked before anything is
+    written; the output is byte-deterministic.
     """
     if not pairs:
         raise DatasetError("no idx files given; pass at least one (images idx3, labels idx1) pair")
@@ -182,8 +191,9 @@ def import_idx(
     names = [str(label) for label in labels.tolist()]
     if class_names is not None:
         names = [class_names[label] for label in labels.tolist()]
-    images_iter = itertools.chain.from_iterable(images for images, _ in loaded)
-    return ImportSummary(counts=write_image_folder(images_iter, names, out, limit_per_class))
+    images = np.concatenate([images for images, _ in loaded])
+    return ImportSummary(counts=write_labeled_and_pool(images, names, out, limit_per_class,
+                                                       labeled_per_class, pool_out))
 
 
 def _single(folder: Path, stem: str) -> Path | None:
@@ -309,3 +319,32 @@ def import_folder(src: Path, out: Path, limit_per_class: int | None = None) -> I
             len(summary.refused_symlinks), summary.refused_symlinks[:5],
         )
     return summary
+
+
+def import_unlabeled(src: Path, out: Path) -> ImportSummary:
+    """Copy every image under ``src``, in any folder layout, to ``out`` (the unlabeled pool),
+    keeping relative paths and file times; ``src`` is only read, symlinks are refused and
+    hidden or non-image entries skipped (both listed). ``counts`` is ``{"(unlabeled)": N}``."""
+    src, out = Path(src), Path(out)
+    if src.is_dir():
+        _check_src_out(src, out)
+    else:
+        raise DatasetError(f"{src}: source folder {'not found' if not src.exists() else 'is not a folder'}; "
+                           "pass a folder of images (any layout)")
+    refuse_non_empty(out)
+    skipped: list[str] = []
+    refused: list[str] = []
+    n = 0
+    with atomic_folder(out) as tmp:
+        for kind, entry in _walk(src):
+            rel = entry.relative_to(src)
+            if kind == "image":
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(entry, tmp / rel, follow_symlinks=False)
+                n += 1
+            else:
+                (refused if kind == "symlink" else skipped).append(rel.as_posix())
+        if n == 0:
+            raise DatasetError(f"{src}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found; "
+                               "nothing imported")
+    return ImportSummary({UNLABELED: n}, skipped, refused)

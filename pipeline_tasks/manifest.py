@@ -95,6 +95,23 @@ def list_images(data_dir: str | Path) -> pd.DataFrame:
     return listing.sort_values("path", ignore_index=True)
 
 
+def list_pool(pool_dir: str | Path) -> pd.DataFrame:
+    """Every file of an unlabeled pool, in any folder layout, as ``list_images`` gives them
+    (label ``""``). Raises ``DataError`` when the folder is missing or holds no files."""
+    root = Path(pool_dir)
+    if not root.is_dir():
+        raise DataError(
+            f"{root}: unlabeled pool folder not found (data.unlabeled_dir). Fill it with "
+            "`pretrainflow data import-unlabeled PATH`, or set data.unlabeled_dir: null to "
+            "pretrain on the labeled training images only."
+        )
+    rows = [("", rel, key) for rel, key in _scan(root, root)]
+    if not rows:
+        raise DataError(f"{root}: the unlabeled pool (data.unlabeled_dir) holds no files; add images "
+                        "or set data.unlabeled_dir: null")
+    return pd.DataFrame(rows, columns=["label", "path", "size_key"]).sort_values("path", ignore_index=True)
+
+
 def dhash(im: Image.Image, size: int = 16) -> str:
     """256-bit difference hash (hex) of a Lanczos thumbnail. Equal hashes mark near-duplicates
     (re-encoded copies); 16x16 rather than the usual 8x8 because small images such as digits
@@ -137,14 +154,15 @@ def _load_cache(cache_file: Path | None) -> pd.DataFrame | None:
 
 
 def build_manifest(data_dir: str | Path, cache_file: str | Path | None = None,
-                   workers: int | None = None) -> pd.DataFrame:
-    """One row per file under ``data_dir/<class>/``, sorted by path; columns ``MANIFEST_COLUMNS``.
+                   workers: int | None = None, pool: bool = False) -> pd.DataFrame:
+    """One row per file under ``data_dir/<class>/`` (or, with ``pool``, anywhere under
+    ``data_dir``, label ``""``), sorted by path; columns ``MANIFEST_COLUMNS``.
 
     ``cache_file``: a CSV of earlier rows, reused for files whose size and mtime are unchanged,
     and rewritten when anything changed (it lives outside the data folder). ``workers``: threads.
     """
     root = Path(data_dir)
-    listing = list_images(root)
+    listing = list_pool(root) if pool else list_images(root)
     cache = _load_cache(Path(cache_file) if cache_file else None)
     hit = pd.Series(False, index=listing.index)
     if cache is not None:
@@ -152,8 +170,8 @@ def build_manifest(data_dir: str | Path, cache_file: str | Path | None = None,
         hit = listing["path"].map(known).eq(listing["size_key"]) & listing["size_key"].notna()
     links = listing[listing["size_key"].isna()]
     todo = listing[~hit & listing["size_key"].notna()]
-    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
-        fresh = list(pool.map(lambda r: {**describe_file(root / r[1], r[1], r[0]), "size_key": r[2]},
+    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) * 2)) as executor:
+        fresh = list(executor.map(lambda r: {**describe_file(root / r[1], r[1], r[0]), "size_key": r[2]},
                               todo.itertuples(index=False, name=None)))
     fresh += [_row(path, label, symlink_outside=True,
                    error="symlink to a path outside the data folder (not followed)")

@@ -1,10 +1,17 @@
-"""Stratified splits and a uint8 tensor cache: images are decoded once, never per epoch."""
+"""Stratified splits and a uint8 tensor cache: images are decoded once, never per epoch.
+
+The labeled images become ``{train,val,test}.pt``; the unlabeled pool, when there is one,
+becomes ``pool.pt`` (images only), which only pretraining reads.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -25,6 +32,8 @@ class PreprocessRecord:
     n_test: int
     image_size: int
     channels: int
+    n_pool: int = 0
+    test_fingerprint: str = ""  # sha256 over the sorted sha256 of the test images
 
 
 def duplicate_groups(manifest: pd.DataFrame) -> np.ndarray:
@@ -84,55 +93,88 @@ def split_manifest(
     return frame.assign(split=split).sort_values(["split", "label", "path"]).reset_index(drop=True)
 
 
-def load_image(path: Path, size: int, channels: int) -> np.ndarray:
-    """Decode one file to ``uint8 [C, size, size]`` (EXIF-rotated, converted, resized)."""
-    with Image.open(path) as src:
-        im: Image.Image = ImageOps.exif_transpose(src)
-        if im.mode not in ("L", "RGB"):
-            # Flatten transparency onto white before dropping alpha; 16-bit -> 8-bit via "I".
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8))
-            else:
-                im = im.convert("RGBA")
-                background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(background, im)
-        im = im.convert("L" if channels == 1 else "RGB")
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.Resampling.BILINEAR)
-        arr = np.asarray(im, dtype=np.uint8)
+def prepare_image(im: Image.Image, size: int, channels: int) -> np.ndarray:
+    """Any PIL image -> ``uint8 [C, size, size]``: transparency flattened onto white, 16-bit
+    scaled to 8-bit, converted to L or RGB, resized. The one recipe for training and serving."""
+    if im.mode not in ("L", "RGB"):
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8))
+        else:
+            im = im.convert("RGBA")
+            background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(background, im)
+    im = im.convert("L" if channels == 1 else "RGB")
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.Resampling.BILINEAR)
+    arr = np.asarray(im, dtype=np.uint8)
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+
+
+def load_image(path: Path | BinaryIO, size: int, channels: int) -> np.ndarray:
+    """Decode one file to ``uint8 [C, size, size]`` (EXIF-rotated, then ``prepare_image``)."""
+    with Image.open(path) as src:
+        return prepare_image(ImageOps.exif_transpose(src), size, channels)
+
+
+def _read_manifest(path: str | Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"label": str, "phash": str, "path": str}, keep_default_na=False)
+
+
+def _decode_all(root: Path, paths: pd.Series, data: DataConfig) -> torch.Tensor:
+    images = np.zeros((len(paths), data.channels, data.image_size, data.image_size), np.uint8)
+    for i, rel in enumerate(paths):
+        images[i] = load_image(root / rel, data.image_size, data.channels)
+    return torch.from_numpy(images)
+
+
+def test_fingerprint(splits: pd.DataFrame) -> str:
+    """Identifies the test split by content: scores are comparable only on equal fingerprints."""
+    shas = sorted(splits.loc[splits["split"] == "test", "sha256"])
+    return hashlib.sha256("\n".join(shas).encode()).hexdigest()
 
 
 def preprocess_data(
     manifest_path: str | Path, data_dir: str | Path, data: DataConfig, cfg: PreprocessConfig,
-    out_dir: str | Path,
+    out_dir: str | Path, pool: tuple[str | Path, str | Path] | None = None,
 ) -> PreprocessRecord:
     """Write ``{train,val,test}.pt`` ({"images": uint8 [N,C,H,W], "labels": int64 [N]}),
-    ``splits.csv`` and ``classes.json`` under ``out_dir``."""
+    ``pool.pt`` ({"images"} of ``pool`` = (pool manifest, pool folder); empty without one),
+    ``splits.csv``, ``classes.json`` and
+    ``splits.json`` (sizes and the test fingerprint) under ``out_dir``."""
     out, root = Path(out_dir), Path(data_dir)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = pd.read_csv(manifest_path, dtype={"label": str, "phash": str}, keep_default_na=False)
-    splits = split_manifest(manifest, cfg, data.limit_per_class)
+    splits = split_manifest(_read_manifest(manifest_path), cfg, data.limit_per_class)
     classes = tuple(sorted(splits["label"].unique()))
     index = {c: i for i, c in enumerate(classes)}
     sizes = {}
     for name in SPLITS:
         rows = splits[splits["split"] == name]
-        images = np.zeros((len(rows), data.channels, data.image_size, data.image_size), np.uint8)
-        for i, rel in enumerate(rows["path"]):
-            images[i] = load_image(root / rel, data.image_size, data.channels)
         labels = torch.tensor([index[c] for c in rows["label"]], dtype=torch.int64)
-        torch.save({"images": torch.from_numpy(images), "labels": labels}, out / f"{name}.pt")
+        torch.save({"images": _decode_all(root, rows["path"], data), "labels": labels}, out / f"{name}.pt")
         sizes[name] = len(rows)
+    pool_rows = _read_manifest(pool[0])["path"] if pool else pd.Series([], dtype=str)
+    pool_root = Path(pool[1]) if pool else root
+    torch.save({"images": _decode_all(pool_root, pool_rows, data)}, out / "pool.pt")
     splits.to_csv(out / "splits.csv", index=False)
     (out / "classes.json").write_text(json.dumps(list(classes)))
-    return PreprocessRecord(
+    record = PreprocessRecord(
         out_dir=str(out), classes=classes, n_train=sizes["train"], n_val=sizes["val"],
-        n_test=sizes["test"], image_size=data.image_size, channels=data.channels,
+        n_test=sizes["test"], image_size=data.image_size, channels=data.channels, n_pool=len(pool_rows),
+        test_fingerprint=test_fingerprint(splits),
     )
+    (out / "splits.json").write_text(json.dumps(dataclasses.asdict(record), indent=2) + "\n")
+    return record
 
 
 def load_split(out_dir: str | Path, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images uint8 [N,C,H,W], labels int64 [N])`` from the tensor cache."""
     blob = torch.load(Path(out_dir) / f"{name}.pt", weights_only=True)
     return blob["images"], blob["labels"]
+
+
+def load_pool(out_dir: str | Path) -> torch.Tensor:
+    """The unlabeled pool's images, uint8 ``[N,C,H,W]`` (``N`` = 0 without a pool)."""
+    path = Path(out_dir) / "pool.pt"
+    if not path.is_file():
+        return torch.empty(0, dtype=torch.uint8)
+    return torch.load(path, weights_only=True)["images"]

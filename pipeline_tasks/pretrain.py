@@ -1,4 +1,5 @@
-"""SimCLR pretraining of the encoder on every training image, labels unused."""
+"""SimCLR pretraining of the encoder on the unlabeled pool plus the labeled training images
+(labels unused); validation and test images are never seen."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pipeline_tasks.augment import ViewAugment, to_float
 from pipeline_tasks.config import PretrainConfig
 from pipeline_tasks.losses import nt_xent
 from pipeline_tasks.models import EncoderSpec, ResNetEncoder, projection_head, resolve_device
-from pipeline_tasks.preprocess import load_split
+from pipeline_tasks.preprocess import load_pool, load_split
 
 log = logging.getLogger(__name__)
 LogMetrics = Callable[[dict[str, float], int], None]
@@ -29,6 +30,8 @@ class PretrainRecord:
     final_loss: float
     knn_accuracy: float
     views_per_second: float
+    n_images: int = 0  # images pretrained on: pool + labeled training split
+    n_pool: int = 0
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -105,9 +108,13 @@ def pretrain_encoder(
     """
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    images, _ = load_split(preprocessed_dir, "train")
+    train, _ = load_split(preprocessed_dir, "train")
+    pool = load_pool(preprocessed_dir)
+    images = torch.cat([train, pool]) if len(pool) else train
     if len(images) < 2:
         raise ValueError(f"pretraining needs at least 2 training images, found {len(images)}")
+    log.info("pretraining on %d images: %d from the unlabeled pool + %d labeled training images "
+             "(labels unused)", len(images), len(pool), len(train))
     images = images.to(device)
     spec = EncoderSpec(in_channels=images.shape[1], base_width=cfg.base_width)
     encoder = ResNetEncoder(spec).to(device)
@@ -132,13 +139,13 @@ def pretrain_encoder(
                      "views_per_second": 2 * steps_per_epoch * min(cfg.batch_size, len(images)) / elapsed},
                     epoch)
         log.info("pretrain epoch %d/%d loss %.4f (%.1f s)", epoch + 1, cfg.epochs, loss, elapsed)
-    knn = _knn_on_val(encoder, preprocessed_dir, images, device)
+    knn = _knn_on_val(encoder, preprocessed_dir, train, device)
     log_metrics({"knn_accuracy": knn}, cfg.epochs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     encoder_path = out / "encoder.pt"
     save_atomic({"spec": spec.to_dict(), "state_dict": _cpu_state(encoder)}, encoder_path)
-    return PretrainRecord(str(encoder_path), loss, knn, views / max(seconds, 1e-9))
+    return PretrainRecord(str(encoder_path), loss, knn, views / max(seconds, 1e-9), len(images), len(pool))
 
 
 def _knn_on_val(encoder: nn.Module, preprocessed_dir: str | Path, train_images: torch.Tensor,

@@ -8,6 +8,7 @@ The data folder is only ever read.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,11 @@ import pandas as pd
 
 from pipeline_tasks.config import ValidateConfig
 from pipeline_tasks.manifest import DataError, build_manifest, class_folders, data_digest, list_images
+from pipeline_tasks.pool import pool_copies
 
 __all__ = ["DataError", "ValidationRecord", "validate_data", "validate_manifest", "list_images"]
 MAX_OFFENDERS = 10
+POOL_PREFIX = "unlabeled pool: "  # how skipped pool files are named in the report
 FILE_COLUMNS = ("symlink_outside", "decodes", "format", "width", "height", "label_conflict")
 
 # What to do about the rows each expectation flags, by column.
@@ -48,6 +51,8 @@ class ValidationRecord:
     n_images: int
     n_classes: int
     n_skipped: int
+    pool_manifest_path: str | None = None  # kept pool images, copies of labeled images removed
+    n_pool: int = 0
 
 
 def file_table(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -84,16 +89,19 @@ def _suites(cfg: ValidateConfig) -> dict[str, list[Any]]:
     if cfg.expected_classes is not None:
         classes.append(e.ExpectColumnDistinctValuesToEqualSet(
             column="label", value_set=list(cfg.expected_classes)))
-    return {
-        "image-files": [
+    def files() -> list[Any]:  # a fresh list per suite: GX binds expectations to their suite
+        return [
             e.ExpectColumnValuesToBeInSet(column="symlink_outside", value_set=[False]),
             e.ExpectColumnValuesToBeInSet(column="decodes", value_set=[True]),
             e.ExpectColumnValuesToBeInSet(column="format", value_set=list(cfg.allowed_formats)),
             e.ExpectColumnValuesToBeBetween(column="width", min_value=cfg.min_width),
             e.ExpectColumnValuesToBeBetween(column="height", min_value=cfg.min_height),
-            e.ExpectColumnValuesToBeInSet(column="label_conflict", value_set=[False]),
-        ],
+        ]
+
+    return {
+        "image-files": [*files(), e.ExpectColumnValuesToBeInSet(column="label_conflict", value_set=[False])],
         "image-classes": classes,
+        "pool-files": files(),  # the unlabeled pool: same file checks, no labels
     }
 
 
@@ -115,7 +123,9 @@ def run_suites(tables: dict[str, pd.DataFrame], cfg: ValidateConfig,
         actions = [UpdateDataDocsAction(name="data-docs", site_names=["pretrainflow"])]
     source = context.data_sources.add_pandas("manifest")
     results = {}
-    for name, expectations in _suites(cfg).items():
+    suites = _suites(cfg)
+    for name in tables:
+        expectations = suites[name]
         batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
         suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
         definition = context.validation_definitions.add(
@@ -158,23 +168,41 @@ def bad_files(results: list[Any]) -> dict[str, str]:
 
 
 def validate_manifest(manifest: pd.DataFrame, classes: list[str], cfg: ValidateConfig,
-                      docs_dir: Path | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Run the suites; with ``on_error=skip_bad_files`` drop flagged files and run again.
+                      docs_dir: Path | None = None, pool: pd.DataFrame | None = None,
+                      ) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame | None]:
+    """Run the suites (``pool-files`` too when an unlabeled ``pool`` manifest is given); with
+    ``on_error=skip_bad_files`` drop flagged files and run again. Pool images that are exact or
+    near copies of a labeled image are then removed from the pool, so no evaluated image is
+    ever seen in pretraining.
 
-    Returns ``(report, kept manifest)``; ``report["success"]`` says whether the gate opens.
+    Returns ``(report, kept manifest, kept pool)``; ``report["success"]`` says whether the gate
+    opens.
     """
     skipped: dict[str, str] = {}
-    kept = manifest
+    kept, kept_pool = manifest, pool
     while True:
         tables = {"image-files": file_table(kept), "image-classes": class_table(kept, classes)}
+        if kept_pool is not None:
+            tables["pool-files"] = file_table(kept_pool)
         results = run_suites(tables, cfg, docs_dir)
         bad = bad_files(results["image-files"])
-        if cfg.on_error == "fail" or not bad:
+        bad_pool = bad_files(results.get("pool-files", []))
+        if cfg.on_error == "fail" or not (bad or bad_pool):
             break
         skipped.update(bad)  # second pass on the good files only: class counts change too
+        skipped.update({f"{POOL_PREFIX}{p}": c for p, c in bad_pool.items()})
         kept = kept[~kept["path"].isin(bad)]
-    failures = [_describe(r, tables[name]) for name, rs in results.items() for r in rs if not r.success]
-    return _report(kept, classes, results, failures, skipped), kept
+        kept_pool = None if kept_pool is None else kept_pool[~kept_pool["path"].isin(bad_pool)]
+    failures = [{**_describe(r, tables[name]), "suite": name}
+                for name, rs in results.items() for r in rs if not r.success]
+    report = _report(kept, classes, results, failures, skipped)
+    if kept_pool is not None and pool is not None:
+        copies = pool_copies(kept_pool, kept)
+        kept_pool = kept_pool[~kept_pool["path"].isin(copies["path"])]
+        report["pool"] = {"n_images": len(pool), "n_kept": len(kept_pool),
+                          "n_skipped": len(pool) - len(kept_pool) - len(copies),
+                          "removed_copies": copies.to_dict("records")}
+    return report, kept, kept_pool
 
 
 def _report(kept: pd.DataFrame, classes: list[str], results: dict[str, list[Any]],
@@ -208,7 +236,8 @@ def format_failures(report: dict[str, Any], report_path: str | Path) -> str:
              f"(report: {report_path}); the data folder was not modified"]
     for f in report["failures"]:
         on = f"column '{f['column']}'" if f["column"] else "the class table"
-        lines.append(f"  - {f['expectation']} on {on} {f['kwargs']}: observed {f['observed']}")
+        where = " of the unlabeled pool (data.unlabeled_dir)" if f["suite"] == "pool-files" else ""
+        lines.append(f"  - {f['expectation']} on {on}{where} {f['kwargs']}: observed {f['observed']}")
         lines += [f"      {o}" for o in f["offending"]]
         if f["n_offending"] > len(f["offending"]):
             lines.append(f"      ... and {f['n_offending'] - len(f['offending'])} more in the report")
@@ -217,21 +246,36 @@ def format_failures(report: dict[str, Any], report_path: str | Path) -> str:
 
 
 def validate_data(data_dir: str | Path, cfg: ValidateConfig, out_dir: str | Path,
-                  cache_file: str | Path | None = None) -> ValidationRecord:
-    """Build the manifest, run the gate, write ``manifest.csv`` (kept files), ``report.json``
-    and ``data_docs/``. Raises ``DataError`` (after writing the report) when the gate closes."""
+                  cache_file: str | Path | None = None, pool_dir: str | Path | None = None,
+                  pool_cache_file: str | Path | None = None) -> ValidationRecord:
+    """Build the manifests, run the gate, write ``manifest.csv`` (kept files),
+    ``pool_manifest.csv`` (with ``pool_dir``), ``report.json`` and ``data_docs/``. Raises
+    ``DataError`` (after writing the report) when the gate closes. Stale outputs of an earlier
+    run are removed first, so a report on disk is always this run's."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    manifest_path, pool_path = out / "manifest.csv", out / "pool_manifest.csv"
+    report_path = out / "report.json"
+    for stale in (manifest_path, pool_path, report_path):
+        stale.unlink(missing_ok=True)
     manifest = build_manifest(data_dir, cache_file)
+    pool = build_manifest(pool_dir, pool_cache_file, pool=True) if pool_dir is not None else None
     classes = class_folders(Path(data_dir))
-    report, kept = validate_manifest(manifest, classes, cfg, out / "data_docs")
-    manifest_path, report_path = out / "manifest.csv", out / "report.json"
+    report, kept, kept_pool = validate_manifest(manifest, classes, cfg, out / "data_docs", pool)
     kept.drop(columns=["size_key"]).to_csv(manifest_path, index=False)
+    digest = data_digest(kept)
+    if kept_pool is not None:
+        kept_pool.drop(columns=["size_key"]).to_csv(pool_path, index=False)
+        report["pool"]["dir"] = str(Path(str(pool_dir)).resolve())
+        digest = hashlib.sha256(f"{digest}\0pool\0{data_digest(kept_pool)}".encode()).hexdigest()
+    report["data_digest"] = digest
     report_path.write_text(json.dumps(report, indent=2, default=str))
     if not report["success"]:
         raise DataError(format_failures(report, report_path))
     return ValidationRecord(
         data_dir=str(Path(data_dir).resolve()), manifest_path=str(manifest_path),
-        report_path=str(report_path), data_digest=data_digest(kept), n_images=report["n_images"],
+        report_path=str(report_path), data_digest=digest, n_images=report["n_images"],
         n_classes=report["n_classes"], n_skipped=report["n_skipped"],
+        pool_manifest_path=str(pool_path) if kept_pool is not None else None,
+        n_pool=0 if kept_pool is None else len(kept_pool),
     )

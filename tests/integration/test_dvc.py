@@ -89,6 +89,26 @@ def test_run_then_dvc_status_is_clean_and_repro_rebuilds(repo: Path) -> None:
     assert "up to date" in _sh(repo, sys.executable, "-m", "dvc", "status")
 
 
+def test_dvc_exp_run_never_moves_champion(repo: Path) -> None:
+    """An experiment registers its classifier and says why it is not champion; the alias stays."""
+    import mlflow
+
+    if not (repo / "dvc.lock").is_file():
+        _sh(repo, "pretrainflow", "run")
+    client = mlflow.MlflowClient(f"sqlite:///{repo}/mlflow.db")
+    champion = str(client.get_model_version_by_alias("pretrainflow-classifier", "champion").version)
+    (repo / ".gitignore").write_text("/mlflow.db\n/mlartifacts/\n/.cache/\n/data\n")
+    _sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@e", "add", "-A")
+    _sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "baseline")
+    out = _sh(repo, sys.executable, "-m", "dvc", "exp", "run", "-S", "finetune.lr=0.003", "-n", "lr-0.003")
+    assert "Running stage 'finetune'" in out and "Running stage 'register'" in out, out
+    assert "lr-0.003" in _sh(repo, sys.executable, "-m", "dvc", "exp", "show", "--csv")
+    versions = client.search_model_versions("name = 'pretrainflow-classifier'")
+    latest = max(versions, key=lambda v: int(v.version))
+    assert str(client.get_model_version_by_alias("pretrainflow-classifier", "champion").version) == champion
+    assert int(latest.version) > int(champion) and "DVC experiment 'lr-0.003'" in latest.tags["gate_reason"]
+
+
 def test_import_ends_with_dvc_add(tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch,
                                   capsys: pytest.CaptureFixture[str]) -> None:
     """`data import-folder` into the project's data/ records the new version in data.dvc."""

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
 from flows.pipeline import pretrain_finetune
+from pipeline_tasks.datasets import write_builtin
 from tests.conftest import PARAMS, TINY
 
 pytestmark = pytest.mark.slow
@@ -38,13 +48,21 @@ def first(workspace: Path, tiny_data: Path) -> dict[str, Any]:
 
 
 def test_summary_and_outputs(first: dict[str, Any], workspace: Path) -> None:
-    assert 0 <= first["test_accuracy"] <= 1 and 0 <= first["test_macro_f1"] <= 1
     assert first["model_version"] == "1" and "champion" in first["aliases"]
+    # 4 of the 9 training digits per class (label_fraction 0.5), and the 1 val digit per class
+    assert (first["train_labels"], first["val_labels"], first["labels_used"]) == (40, 10, 50)
+    assert first["pretrain_images"] == 90 and first["test_images"] == 20
+    lift = round((first["test_accuracy"] - first["scratch_test_accuracy"]) * 100, 2)
+    assert first["lift_points"] == lift
     metrics = json.loads((workspace / "artifacts" / "metrics.json").read_text())
-    assert metrics["test_accuracy"] == first["test_accuracy"]
+    for key in ("test_accuracy", "scratch_test_accuracy", "lift_points", "labels_used"):
+        assert metrics[key] == first[key], key
     for rel in ["validation/report.json", "preprocessed/train.pt", "pretrain/encoder.pt",
-                "finetune/classifier.pt", "plots/confusion_matrix.png", "registered.json"]:
+                "finetune/classifier.pt", "finetune/baseline.pt", "plots/confusion_matrix.png",
+                "registered.json"]:
         assert (workspace / "artifacts" / rel).is_file(), rel
+    registered = json.loads((workspace / "artifacts" / "registered.json").read_text())
+    assert registered["aliases"] == ["challenger", "champion"] and registered["promote"]
 
 
 def test_prefect_shows_the_validation_summary(first: dict[str, Any]) -> None:
@@ -54,6 +72,8 @@ def test_prefect_shows_the_validation_summary(first: dict[str, Any]) -> None:
     assert summary is not None and summary.type == "markdown"
     assert "Data validation passed" in summary.data and "| 7 | 12 |" in summary.data
     assert "expect_column_values_to_be_in_set" in summary.data
+    results = Artifact.get("run-summary")
+    assert results is not None and "vs scratch" in results.data and "50 labels" in results.data
 
 
 def test_mlflow_parent_run_with_a_nested_run_per_stage(first: dict[str, Any]) -> None:
@@ -70,20 +90,28 @@ def test_mlflow_parent_run_with_a_nested_run_per_stage(first: dict[str, Any]) ->
         ["validate", "preprocess", "pretrain", "finetune", "evaluate", "register"])
     finetune = next(r for r in children if r.info.run_name == "finetune")
     history = client.get_metric_history(finetune.info.run_id, "val_accuracy")
-    assert [m.step for m in history] == [0, 1]  # one point per epoch
+    assert [m.step for m in history] == [5, 10]  # finetune.epochs=2 checks over min_steps=10
+    assert client.get_metric_history(finetune.info.run_id, "scratch_val_accuracy")  # the baseline
     artifacts = {a.path for a in client.list_artifacts(
         next(r for r in children if r.info.run_name == "evaluate").info.run_id, "plots")}
     assert "plots/confusion_matrix.png" in artifacts
 
 
-def test_champion_predicts_labels_for_images_from_data(first: dict[str, Any], tiny_data: Path) -> None:
+def test_champion_takes_paths_and_arrays_of_any_size_and_mode(first: dict[str, Any],
+                                                             tiny_data: Path) -> None:
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
     files = sorted(tiny_data.glob("*/*.png"))[::7]
-    batch = np.stack([np.asarray(Image.open(f)) for f in files])  # [N, 28, 28] uint8
-    preds = model.predict(batch)
-    assert len(preds) == len(files)
-    assert set(preds["label"]) <= {str(c) for c in range(10)}
-    assert ((preds["confidence"] > 0) & (preds["confidence"] <= 1)).all()
+    by_path = model.predict(pd.DataFrame({"image": [str(f) for f in files]}))
+    assert list(by_path.columns[:3]) == ["label", "class_name", "confidence"]
+    assert list(by_path.columns[3:]) == [f"prob_{c}" for c in range(10)]
+    assert np.allclose(by_path.iloc[:, 3:].sum(axis=1), 1, atol=1e-4)
+    assert (by_path["class_name"] == by_path["label"].astype(str)).all()  # classes are "0".."9"
+    # the same digits as arrays of other sizes, modes and dtypes: the model preprocesses itself
+    big_rgb = [np.asarray(Image.open(f).convert("RGB").resize((56, 56))) for f in files]
+    as_float = [np.asarray(Image.open(f), dtype=np.float32) / 255 for f in files]
+    for arrays in (big_rgb, as_float):
+        preds = model.predict(pd.DataFrame({"image": arrays}))
+        assert (preds["label"] == by_path["label"]).mean() >= 0.8
 
 
 def test_predict_command(first: dict[str, Any], tiny_data: Path, tmp_path: Path,
@@ -93,23 +121,21 @@ def test_predict_command(first: dict[str, Any], tiny_data: Path, tmp_path: Path,
     out = tmp_path / "preds.csv"
     assert main(["predict", str(tiny_data / "3"), str(tiny_data / "7"), "--output", str(out)]) == 0
     lines = out.read_text().splitlines()
-    assert lines[0] == "path,label,confidence" and len(lines) == 1 + 24
+    assert lines[0].startswith("path,label,class_name,confidence,prob_0,") and len(lines) == 1 + 24
     (tmp_path / "notes.png").write_text("not an image")
     assert main(["predict", str(tmp_path / "notes.png")]) == 1
     err = capsys.readouterr().err
     assert "notes.png: does not decode as an image" in err and "Traceback" not in err
 
 
-def test_second_run_is_cached_and_gate_keeps_the_champion(first: dict[str, Any], workspace: Path,
-                                                          tiny_data: Path) -> None:
+def test_second_run_is_cached_and_registers_nothing_new(first: dict[str, Any], workspace: Path,
+                                                        tiny_data: Path) -> None:
     state = _flow(workspace, tiny_data)
     second = state.result()
     assert len(_runs("pretrain")) == 1  # cached: no second pretraining run
     assert second["test_accuracy"] == first["test_accuracy"]
-    client = mlflow.MlflowClient()
-    # version 2 scores the same, which is not better: champion stays, challenger moves
-    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
-    assert str(client.get_model_version_by_alias(MODEL, "challenger").version) == "2"
+    assert second["model_version"] == "1" and "identical" in second["gate"]
+    assert len(mlflow.MlflowClient().search_model_versions(f"name = '{MODEL}'")) == 1
 
 
 def test_changing_finetune_params_reruns_finetune_only(first: dict[str, Any], workspace: Path,
@@ -117,6 +143,25 @@ def test_changing_finetune_params_reruns_finetune_only(first: dict[str, Any], wo
     before = len(_runs("finetune"))
     assert _flow(workspace, tiny_data, "finetune.lr=0.002").is_completed()
     assert len(_runs("pretrain")) == 1 and len(_runs("finetune")) == before + 1
+
+
+def test_a_failure_after_registration_moves_no_alias(
+        first: dict[str, Any], workspace: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import flows.pipeline
+
+    client = mlflow.MlflowClient()
+    before = {a: str(v) for a, v in client.get_registered_model(MODEL).aliases.items()}
+    versions = len(client.search_model_versions(f"name = '{MODEL}'"))
+
+    def broken(**kwargs: Any) -> None:
+        if kwargs.get("key") == "run-summary":
+            raise RuntimeError("the Prefect API went away")
+
+    monkeypatch.setattr(flows.pipeline, "create_markdown_artifact", broken)
+    assert _flow(workspace, tiny_data, "finetune.lr=0.003", "register.min_improvement=0").is_failed()
+    assert len(client.search_model_versions(f"name = '{MODEL}'")) == versions + 1  # registered...
+    after = {a: str(v) for a, v in client.get_registered_model(MODEL).aliases.items()}
+    assert after == before  # ...but no alias moved
 
 
 def test_deleted_output_is_rebuilt_not_trusted(first: dict[str, Any], workspace: Path,
@@ -135,3 +180,87 @@ def test_validation_failure_stops_before_training(workspace: Path, tiny_data: Pa
     assert state.is_failed()
     assert "data validation failed" in state.message and "min_classes" in state.message
 
+
+
+def test_pretraining_uses_the_pool_without_copies_of_labeled_images(
+        workspace: Path, tiny_data: Path, tmp_path: Path) -> None:
+    """3 labeled digits per class and a pool in nested folders that also holds copies of a test
+    image (exact and resized): the copies are removed and named, the rest is pretrained on."""
+    labeled, pool = tmp_path / "labeled", tmp_path / "pool"
+    for label in range(10):
+        (labeled / str(label)).mkdir(parents=True)
+        for f in sorted((tiny_data / str(label)).iterdir())[:3]:
+            shutil.copy(f, labeled / str(label) / f.name)
+    write_builtin("mnist-5k", tmp_path / "more", limit_per_class=20)  # 8 digits per class unseen
+    for i, f in enumerate(sorted((tmp_path / "more").glob("*/*.png"))):
+        if int(f.stem) not in {int(p.stem) for p in tiny_data.glob("*/*.png")}:
+            (pool / f"batch{i % 3}").mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, pool / f"batch{i % 3}" / f"img{i:04d}.png")
+    n_pool = sum(1 for _ in pool.rglob("*.png"))
+    state = _flow(workspace, labeled, f"data.unlabeled_dir={pool}", "validate.min_images_per_class=3",
+                  "register.model_name=pool-classifier", "finetune.label_fraction=1.0")
+    assert state.is_completed(), state.message  # a first run to learn the split
+    artifacts = workspace / "artifacts"
+    splits = pd.read_csv(artifacts / "preprocessed" / "splits.csv", dtype=str)
+    test_image = labeled / splits[splits["split"] == "test"]["path"].iloc[0]
+    shutil.copy(test_image, pool / "copy.png")
+    Image.open(test_image).resize((56, 56)).save(pool / "batch0" / "resized-copy.png")
+    summary = _flow(workspace, labeled, f"data.unlabeled_dir={pool}", "validate.min_images_per_class=3",
+                    "register.model_name=pool-classifier", "finetune.label_fraction=1.0").result()
+    report = json.loads((artifacts / "validation" / "report.json").read_text())
+    removed = {c["path"]: (c["copy_of"], c["match"]) for c in report["pool"]["removed_copies"]}
+    rel = str(test_image.relative_to(labeled))
+    assert removed["copy.png"] == (rel, "exact") and removed["batch0/resized-copy.png"] == (rel, "near")
+    # other removals are look-alikes within the near-copy distance (a "1" is much like another)
+    assert report["pool"]["n_kept"] == n_pool + 2 - len(removed)
+    n_train = int((splits["split"] == "train").sum())
+    # the pool plus the labeled training split
+    assert summary["pretrain_images"] == report["pool"]["n_kept"] + n_train
+    assert summary["train_labels"] == n_train  # fine-tuning: the labeled images only
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _post(url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return list(json.loads(response.read())["predictions"])
+
+
+def test_mlflow_models_serve_answers_invocations(first: dict[str, Any], tiny_data: Path,
+                                                 tmp_path: Path) -> None:
+    """The champion behind `mlflow models serve`: base64 PNGs and pixel arrays in, labels out."""
+    port, log, bin_dir = _free_port(), tmp_path / "serve.log", Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}  # it execs uvicorn
+    with open(log, "wb") as sink:
+        server = subprocess.Popen(
+            [str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@champion",
+             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+            stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/ping", timeout=2).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(1)
+        files = sorted(tiny_data.glob("*/*.png"))[::12]
+        expected = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict(
+            pd.DataFrame({"image": [str(f) for f in files]}))
+        b64 = [[base64.b64encode(f.read_bytes()).decode()] for f in files]
+        served = _post(f"{url}/invocations", {"dataframe_split": {"columns": ["image"], "data": b64}})
+        assert [p["class_name"] for p in served] == list(expected["class_name"])
+        assert all(abs(sum(v for k, v in p.items() if k.startswith("prob_")) - 1) < 1e-4 for p in served)
+        arrays = [{"image": np.asarray(Image.open(f)).tolist()} for f in files]
+        served = _post(f"{url}/invocations", {"dataframe_records": arrays})
+        assert [p["class_name"] for p in served] == list(expected["class_name"])
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
