@@ -170,8 +170,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         setup_tracking(os.environ.get("MLFLOW_EXPERIMENT_NAME", "pretrainflow"))
         model = mlflow.pyfunc.load_model(args.model_uri)
     except (TrackingError, mlflow.exceptions.MlflowException) as exc:
-        raise UserError(f"cannot load model {args.model_uri}: {str(exc).splitlines()[0]}. "
-                        "Run `pretrainflow run` first, or pass --model-uri.") from exc
+        hint = ("Run `pretrainflow run` first, or pass --model-uri (a version that the promotion gate "
+                "kept from champion is still models:/NAME@challenger; its gate_reason tag says why).")
+        raise UserError(f"cannot load model {args.model_uri}: {str(exc).splitlines()[0]}. {hint}") from exc
     try:  # the model decodes and resizes the files itself, as it does when served
         preds = model.predict(pd.DataFrame({"image": [str(f) for f in files]}))
     except (ValueError, mlflow.exceptions.MlflowException) as exc:
