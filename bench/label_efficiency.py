@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -36,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline_tasks.config import load_config  # noqa: E402
 from pipeline_tasks.datasets import load_mnist_5k  # noqa: E402
 from pipeline_tasks.importers import find_idx_pairs, read_idx  # noqa: E402
+from pipeline_tasks.preprocess import save_split  # noqa: E402
 from pipeline_tasks.pretrain import pretrain_encoder  # noqa: E402
 from pipeline_tasks.sweep import label_sweep, summarize  # noqa: E402
 
@@ -44,8 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _save(out: Path, name: str, images: np.ndarray, labels: np.ndarray) -> None:
-    torch.save({"images": torch.from_numpy(np.ascontiguousarray(images[:, None])),
-                "labels": torch.from_numpy(labels.astype(np.int64))}, out / f"{name}.pt")
+    save_split(out, name, images[:, None], labels)  # [N, H, W] grayscale -> [N, 1, H, W]
 
 
 def prepare(args: argparse.Namespace, out: Path) -> str:

@@ -132,7 +132,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     for key, value in summary.items():
         shown = value
         if isinstance(value, float) and key != "seconds":
-            shown = f"{value:+.2f}" if key == "lift_points" else f"{value:.4f}"
+            shown = f"{value:+.2f}" if key.startswith("lift") else f"{value:.4f}"
         print(f"  {key:<{width}}  {shown}")
 
 

@@ -36,12 +36,13 @@ CACHE_POLICY = (INPUTS - "cfg" - "ctx") + TASK_SOURCE
 # (params sections read, files whose sha256 proves the outputs are still the cached ones;
 # those that a stage writes only sometimes, like the scratch baseline, are checked when present)
 STAGE_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "preprocess": (("data", "preprocess"), ("preprocessed/train.pt", "preprocessed/val.pt",
-                                            "preprocessed/test.pt", "preprocessed/pool.pt",
-                                            "preprocessed/classes.json", "preprocessed/splits.json")),
+    "preprocess": (("data", "preprocess"), (*(f"preprocessed/{s}_{kind}.npy" for s in ("train", "val", "test")
+                                              for kind in ("images", "labels")),
+                                            "preprocessed/pool_images.npy", "preprocessed/classes.json",
+                                            "preprocessed/splits.json")),
     "pretrain": (("pretrain",), ("pretrain/encoder.pt",)),
     "finetune": (("finetune",), ("finetune/classifier.pt", "finetune/baseline.pt",
-                                 "finetune/summary.json")),
+                                 "finetune/init_baseline.pt", "finetune/summary.json")),
     "evaluate": (("evaluate",), ("metrics.json", "plots/confusion_matrix.png")),
 }
 
@@ -199,6 +200,7 @@ def _train_and_register(validated: ValidationRecord, cfg: PipelineConfig, paths:
         "test_accuracy": metrics["test_accuracy"],
         "scratch_test_accuracy": metrics.get("scratch_test_accuracy", "not trained (finetune.baseline)"),
         "lift_points": metrics.get("lift_points", "n/a"),
+        **{k: metrics[k] for k in ("init_test_accuracy", "lift_over_init_points") if k in metrics},
         "labels_used": metrics["labels_used"], "train_labels": metrics["train_labels"],
         "val_labels": metrics["val_labels"], "test_images": metrics["test_images"],
         "pretrain_images": results["pretrain"].record.n_images,

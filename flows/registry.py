@@ -36,6 +36,7 @@ PIP_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "numpy", "pandas", "
 # One input schema for Python and REST alike: a column `image` whose cells are file paths,
 # base64-encoded image files, or pixel arrays [H, W] / [H, W, C] of any size (see pyfunc_model.py).
 INPUT_SCHEMA = Schema([ColSpec(AnyType(), "image")])
+ENCODER_MODEL = "pretrainflow-encoder"
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,10 @@ class RegisterRecord:
 
 
 def classifier_digest(path: str | Path) -> str:
-    """sha256 over the classifier's content (spec, classes, recipe, every tensor's bytes):
-    equal for equal weights even when ``torch.save`` wrote the files at different times."""
+    """sha256 over a classifier's or encoder's content (spec, classes, recipe, every tensor's
+    bytes): equal for equal weights even when ``torch.save`` wrote the files at different times."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    h = hashlib.sha256(json.dumps({k: blob[k] for k in ("spec", "classes", "preprocess")},
+    h = hashlib.sha256(json.dumps({k: blob.get(k) for k in ("spec", "classes", "preprocess")},
                                   sort_keys=True).encode())
     for key in sorted(blob["state_dict"]):
         tensor = blob["state_dict"][key].contiguous()
@@ -79,18 +80,48 @@ def _example(preprocessed_dir: Path) -> pd.DataFrame:
     return pd.DataFrame({"image": [a[..., 0] if a.shape[2] == 1 else a for a in arrays]})
 
 
-def _log_model(classifier_path: Path, classes: list[str], preprocessed_dir: Path, name: str) -> str:
+def _log_model(artifacts: dict[str, str], outputs: Schema | None, preprocessed_dir: Path, name: str,
+               artifact_path: str = "model") -> str:
     info = mlflow.pyfunc.log_model(
-        name="model",
+        name=artifact_path,
         python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-        artifacts={"classifier": str(classifier_path)},
+        artifacts=artifacts,
         code_paths=[str(Path(pipeline_tasks.__file__).parent)],
-        signature=ModelSignature(inputs=INPUT_SCHEMA, outputs=_output_schema(classes)),
+        signature=ModelSignature(inputs=INPUT_SCHEMA, outputs=outputs),
         input_example=_example(preprocessed_dir),
         pip_requirements=PIP_REQUIREMENTS,
         registered_model_name=name,
     )
     return str(info.registered_model_version)
+
+
+def register_encoder(encoder_path: str | Path, preprocessed_dir: str | Path,
+                     name: str = ENCODER_MODEL) -> str:
+    """Register the pretrained encoder (a pyfunc that maps images to embeddings) inside the
+    active run, for reuse as ``pretrain.init``; an identical encoder is not registered again.
+    Returns the version."""
+    client, digest = mlflow.MlflowClient(), classifier_digest(encoder_path)
+    same = _same_classifier(client, name, digest)
+    if same is not None:
+        return str(same.version)
+    artifacts = {"encoder": str(encoder_path), "recipe": str(Path(preprocessed_dir) / "splits.json")}
+    version = _log_model(artifacts, None, Path(preprocessed_dir), name, artifact_path="encoder")
+    client.set_model_version_tag(name, version, "classifier_digest", digest)
+    return version  # the newest is models:/NAME/latest (MLflow reserves the alias "latest")
+
+
+def download_encoder(uri: str) -> Path:
+    """A registered encoder (``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``) as a local
+    ``encoder.pt``; ``ValueError`` when it cannot be found."""
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except MlflowException as exc:
+        raise ValueError(f"pretrain.init {uri}: {str(exc).splitlines()[0]}; check the name and version "
+                         "under Models in the MLflow UI") from exc
+    found = sorted(local.rglob("encoder.pt"))
+    if not found:
+        raise ValueError(f"pretrain.init {uri}: not an encoder registered by pretrainflow (no encoder.pt)")
+    return found[0]
 
 
 def _version_by_alias(client: mlflow.MlflowClient, name: str, alias: str) -> Any | None:
@@ -141,7 +172,8 @@ def register_model(classifier_path: str | Path, metrics: dict[str, Any], split: 
                               float(metrics[metric]), False,
                               f"identical to version {same.version} (same weights): nothing registered",
                               new_version=False)
-    version = _log_model(Path(classifier_path), classes, Path(preprocessed_dir), name)
+    version = _log_model({"classifier": str(classifier_path)}, _output_schema(classes),
+                         Path(preprocessed_dir), name)
     lift = metrics.get("lift_points")
     facts = {metric: metrics[metric], "test_accuracy": metrics["test_accuracy"],
              "test_split_sha256": split["test_fingerprint"], "test_images": metrics["test_images"],

@@ -11,13 +11,15 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import mlflow
 
-from flows.registry import RegisterRecord, apply_decision, register_model
+from flows.registry import RegisterRecord, apply_decision, download_encoder, register_encoder, register_model
 from flows.tracking import log_dataset, mlflow_log_metrics, stage_run
+from pipeline_tasks import distributed
 from pipeline_tasks.config import PipelineConfig
 from pipeline_tasks.evaluate import EvaluateRecord, evaluate_classifier
 from pipeline_tasks.finetune import FinetuneRecord, finetune_classifier
@@ -126,34 +128,58 @@ def run_preprocess(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -
 
 
 def run_pretrain(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> PretrainRecord:
-    require(paths.preprocessed / "train.pt", "preprocess")
+    """Pretrain, resumably (checkpoints under ``artifacts/checkpoints/pretrain``, outside the
+    stage's DVC output, which DVC clears before a run), and register the encoder. Under
+    ``torchrun`` every rank trains; only rank 0 talks to MLflow."""
+    require(paths.preprocessed / "train_images.npy", "preprocess")
+    train = partial(pretrain_encoder, paths.preprocessed, cfg.pretrain, paths.pretrain,
+                    checkpoint_dir=paths.root / "checkpoints" / "pretrain", init_path=_init_weights(cfg))
+    if not distributed.current().is_main:
+        return train()
     with stage_run("pretrain", ctx.experiment_id, ctx.parent_run_id,
                    cfg.section("pretrain"), ctx.tags):
-        record = pretrain_encoder(paths.preprocessed, cfg.pretrain, paths.pretrain, mlflow_log_metrics)
-        mlflow.log_metrics({"pretrain_images": record.n_images, "pretrain_pool_images": record.n_pool})
+        record = train(log_metrics=mlflow_log_metrics)
+        mlflow.log_metrics({"pretrain_images": record.n_images, "pretrain_pool_images": record.n_pool,
+                            "data_wait_share": record.data_wait_share})
+        if record.resumed_at_epoch:
+            mlflow.set_tag("resumed_at_epoch", str(record.resumed_at_epoch))
         mlflow.log_artifact(record.encoder_path, "pretrain")
+        mlflow.log_artifact(str(paths.pretrain / "views.png"), "pretrain")
+        mlflow.set_tag("encoder_version", register_encoder(record.encoder_path, paths.preprocessed))
         return record
+
+
+def _init_weights(cfg: PipelineConfig) -> str | None:
+    """``pretrain.init`` as a local file (a registered encoder is downloaded from MLflow)."""
+    init = cfg.pretrain.init
+    return str(download_encoder(init)) if init and init.startswith("models:/") else init
 
 
 def run_finetune(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> FinetuneRecord:
     """The classifier (``finetune.mode``) and, with ``finetune.baseline``, the same network
-    from scratch on the same labels and steps; ``summary.json`` records both."""
+    from scratch on the same labels and steps (``baseline.pt``) and, when pretraining started
+    from ``pretrain.init``, fine-tuned from those weights directly (``init_baseline.pt``);
+    ``summary.json`` records them all."""
     classes = tuple(json.loads(require(paths.preprocessed / "classes.json", "preprocess").read_text()))
     encoder = require(paths.pretrain / "encoder.pt", "pretrain")
     with stage_run("finetune", ctx.experiment_id, ctx.parent_run_id,
-                   cfg.section("finetune"), ctx.tags):
+                   {**cfg.section("finetune"), "pretrain_init": cfg.pretrain.init}, ctx.tags):
         record = finetune_classifier(paths.preprocessed, encoder, classes, cfg.finetune,
                                      paths.finetune, mlflow_log_metrics)
         records = {"classifier": record.to_dict()}
-        baseline = paths.finetune / "baseline.pt"
-        baseline.unlink(missing_ok=True)
-        if cfg.finetune.baseline and cfg.finetune.mode != "scratch":
+        baselines = {"scratch": (paths.finetune / "baseline.pt", None),
+                     "init": (paths.finetune / "init_baseline.pt", _init_weights(cfg))}
+        for name, (path, init) in baselines.items():
+            path.unlink(missing_ok=True)
+            if (not cfg.finetune.baseline or cfg.finetune.mode == name
+                    or (name == "init" and init is None)):
+                continue
             base = finetune_classifier(paths.preprocessed, encoder, classes, cfg.finetune, paths.finetune,
-                                       lambda m, step: mlflow_log_metrics(
-                                           {f"scratch_{k}": v for k, v in m.items()}, step),
-                                       mode="scratch", out_name=baseline.name)
-            records["baseline"] = base.to_dict()
-            mlflow.log_metric("scratch_best_val_accuracy", base.best_val_accuracy)
+                                       lambda m, step, n=name: mlflow_log_metrics(
+                                           {f"{n}_{k}": v for k, v in m.items()}, step),
+                                       mode=name, out_name=path.name, init_path=init)
+            records[f"{name}_baseline" if name == "init" else "baseline"] = base.to_dict()
+            mlflow.log_metric(f"{name}_best_val_accuracy", base.best_val_accuracy)
         mlflow.log_metrics({"best_val_accuracy": record.best_val_accuracy, "n_labeled": record.n_labeled,
                             "n_val_labels": record.n_val_labels, "labels_used": record.labels_used,
                             "steps": record.steps})
@@ -164,14 +190,15 @@ def run_finetune(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> 
 def run_evaluate(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> EvaluateRecord:
     classifier = require(paths.finetune / "classifier.pt", "finetune")
     trained = json.loads(require(paths.finetune / "summary.json", "finetune").read_text())["classifier"]
-    baseline = paths.finetune / "baseline.pt"
+    baseline, init_baseline = paths.finetune / "baseline.pt", paths.finetune / "init_baseline.pt"
     with stage_run("evaluate", ctx.experiment_id, ctx.parent_run_id,
                    cfg.section("evaluate"), ctx.tags):
         record = evaluate_classifier(
             paths.preprocessed, classifier, cfg.evaluate, paths.metrics, paths.plots,
             baseline if baseline.is_file() else None,
             {"labels_used": trained["labels_used"], "train_labels": trained["n_labeled"],
-             "val_labels": trained["n_val_labels"]})
+             "val_labels": trained["n_val_labels"]},
+            init_baseline if init_baseline.is_file() else None)
         metrics = json.loads(paths.metrics.read_text())
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(paths.metrics))

@@ -29,6 +29,9 @@ class DataConfig(_Section):
     unlabeled_dir: str | None = None
     image_size: int = Field(28, ge=8, le=1024)
     channels: Literal[1, 3] = 1
+    # To a square: crop (shorter side to image_size, centre crop), pad (longer side, black
+    # borders) or squash (both sides, aspect ratio lost).
+    resize: Literal["crop", "pad", "squash"] = "crop"
     # Keep at most N images per class (quick runs on big folders); None keeps all.
     limit_per_class: int | None = Field(None, ge=1)
 
@@ -56,25 +59,60 @@ class PreprocessConfig(_Section):
     seed: int = 42
 
 
+AUGMENT_OPS = ("crop_scale_min", "rotation_degrees", "hflip_prob", "jitter_prob", "brightness", "contrast",
+               "saturation", "hue", "grayscale_prob", "blur_prob", "solarize_prob", "noise_std", "erase_prob")
+
+
 class PretrainConfig(_Section):
-    method: Literal["simclr"] = "simclr"
+    method: Literal["simclr", "byol", "vicreg"] = "simclr"
+    # compact: the width-multiplier ResNet for small images on a CPU; resnet18/34/50: torchvision's
+    encoder: Literal["compact", "resnet18", "resnet34", "resnet50"] = "compact"
+    base_width: int = Field(16, ge=4)  # compact only
+    small_stem: bool = True  # torchvision ResNets: 3x3 stride-1 stem, no max-pool (images < ~96 px)
+    # Start from weights instead of random: a local torchvision-format state dict (.pt/.pth) or a
+    # registered encoder, models:/pretrainflow-encoder/3 or models:/pretrainflow-encoder/latest.
+    init: str | None = None
     epochs: int = Field(40, ge=1)
-    batch_size: int = Field(256, ge=4)
-    lr: float = Field(2e-3, gt=0)
+    batch_size: int = Field(256, ge=4)  # global, over all ranks
+    optimizer: Literal["adamw", "sgd", "lars"] = "adamw"
+    lr: float = Field(2e-3, gt=0)  # at batch 256; the run uses lr * batch_size / 256
     weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd and lars
     warmup_epochs: int = Field(1, ge=0)
-    temperature: float = Field(0.5, gt=0)
+    temperature: float = Field(0.5, gt=0)  # simclr
     projection_dim: int = Field(128, ge=8)
-    base_width: int = Field(16, ge=4)
-    # Augmentation strengths (per image, drawn independently for each view).
-    crop_scale_min: float = Field(0.4, gt=0, le=1)
-    rotation_degrees: float = Field(15.0, ge=0, le=180)
-    jitter: float = Field(0.4, ge=0, le=1)
-    noise_std: float = Field(0.05, ge=0)
-    erase_prob: float = Field(0.5, ge=0, le=1)
-    hflip: bool = False  # off for digits: a mirrored 3 is not a 3
+    target_momentum: float = Field(0.99, ge=0, lt=1)  # byol: EMA of the target, cosine to 1
+    vicreg_weights: tuple[float, float, float] = (25.0, 25.0, 1.0)  # invariance, variance, covariance
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on CUDA if supported
+    compile: bool = False  # torch.compile the encoder (CUDA)
+    # Augmentation: a preset, then any op set here (None keeps the preset's value).
+    augment: Literal["digits", "simclr", "byol"] = "digits"
+    crop_scale_min: float | None = Field(None, gt=0, le=1)
+    rotation_degrees: float | None = Field(None, ge=0, le=180)
+    hflip_prob: float | None = Field(None, ge=0, le=1)
+    jitter_prob: float | None = Field(None, ge=0, le=1)
+    brightness: float | None = Field(None, ge=0)
+    contrast: float | None = Field(None, ge=0)
+    saturation: float | None = Field(None, ge=0)
+    hue: float | None = Field(None, ge=0, le=0.5)
+    grayscale_prob: float | None = Field(None, ge=0, le=1)
+    blur_prob: float | None = Field(None, ge=0, le=1)
+    solarize_prob: float | None = Field(None, ge=0, le=1)
+    noise_std: float | None = Field(None, ge=0)
+    erase_prob: float | None = Field(None, ge=0, le=1)
+    # Checkpoints (atomic) every epoch and every N steps; resume: auto continues the last one.
+    checkpoint_every_steps: int | None = Field(None, ge=1)
+    resume: Literal["auto", "never"] = "auto"
+    knn_every_epochs: int = Field(5, ge=0)  # k-NN accuracy on the val split (0: at the end only)
+    # Stop when the per-dimension std of L2-normalised embeddings falls under this share of the
+    # 1/sqrt(dim) a spread-out embedding has (0 turns the check off).
+    collapse_threshold: float = Field(0.05, ge=0, lt=1)
+    log_every_steps: int = Field(50, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
+
+    def augment_overrides(self) -> dict[str, float | None]:
+        return {name: getattr(self, name) for name in AUGMENT_OPS}
 
 
 class FinetuneConfig(_Section):
@@ -94,6 +132,8 @@ class FinetuneConfig(_Section):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-2, gt=0)
     encoder_lr_scale: float = Field(0.1, gt=0, le=1)  # full mode: encoder lr = lr * this
+    # Mild augmentation of the labeled images: digits (no flips), natural (flips, colour), none.
+    augment: Literal["digits", "natural", "none"] = "digits"
     weight_decay: float = Field(1e-4, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
@@ -101,6 +141,7 @@ class FinetuneConfig(_Section):
 
 class EvaluateConfig(_Section):
     batch_size: int = Field(512, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 class RegisterConfig(_Section):

@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 
 from pipeline_tasks.config import EvaluateConfig
 from pipeline_tasks.finetune import load_classifier, predict_logits
+from pipeline_tasks.models import resolve_device
 from pipeline_tasks.preprocess import load_split
 
 
@@ -73,26 +74,29 @@ def render_confusion(cm: np.ndarray, classes: list[str], path: Path, cell: int =
     img.save(path)
 
 
-def score(preprocessed_dir: str | Path, classifier_path: str | Path,
-          batch_size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``(probabilities [N, K], true labels [N], class names)`` on the test split."""
+def score(preprocessed_dir: str | Path, classifier_path: str | Path, batch_size: int,
+          device: str = "auto") -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(probabilities [N, K], true labels [N], class names)`` on the test split, computed on
+    ``device`` (the GPU when there is one)."""
     model, classes = load_classifier(classifier_path)
     x, y = load_split(preprocessed_dir, "test")
     if len(x) == 0:
         raise ValueError("the test split is empty: add images or raise preprocess.test_fraction")
-    probs = torch.softmax(predict_logits(model, x, torch.device("cpu"), batch_size), 1).numpy()
+    target = resolve_device(device)
+    probs = torch.softmax(predict_logits(model.to(target), x, target, batch_size), 1).numpy()
     return probs, y.numpy(), classes
 
 
 def evaluate_classifier(
     preprocessed_dir: str | Path, classifier_path: str | Path, cfg: EvaluateConfig,
     metrics_path: str | Path, plots_dir: str | Path, baseline_path: str | Path | None = None,
-    extra: dict[str, float] | None = None,
+    extra: dict[str, float] | None = None, init_baseline_path: str | Path | None = None,
 ) -> EvaluateRecord:
-    """Score the classifier (and the scratch ``baseline_path``, when given) on the test split;
-    writes ``metrics_path`` (DVC metrics, with ``extra`` merged in) and
+    """Score the classifier, and the baselines given (``baseline_path``: scratch;
+    ``init_baseline_path``: fine-tuned from ``pretrain.init`` without pretraining), on the test
+    split; writes ``metrics_path`` (DVC metrics, with ``extra`` merged in) and
     ``plots_dir/{confusion_matrix.png, predictions.csv}``."""
-    probs, y_true, classes = score(preprocessed_dir, classifier_path, cfg.batch_size)
+    probs, y_true, classes = score(preprocessed_dir, classifier_path, cfg.batch_size, cfg.device)
     y_pred = probs.argmax(1)
     cm = confusion_matrix(y_true, y_pred, len(classes))
     metrics: dict[str, float] = {
@@ -102,11 +106,15 @@ def evaluate_classifier(
         "test_images": int(len(y_true)),
     }
     scratch = lift = None
-    if baseline_path is not None:
-        base_probs, _, _ = score(preprocessed_dir, baseline_path, cfg.batch_size)
-        scratch = float((base_probs.argmax(1) == y_true).mean())
-        lift = round((metrics["test_accuracy"] - scratch) * 100, 2)
-        metrics.update(scratch_test_accuracy=scratch, lift_points=lift)
+    for name, path in (("scratch", baseline_path), ("init", init_baseline_path)):
+        if path is not None:
+            base_probs, _, _ = score(preprocessed_dir, path, cfg.batch_size, cfg.device)
+            accuracy = float((base_probs.argmax(1) == y_true).mean())
+            gain = round((metrics["test_accuracy"] - accuracy) * 100, 2)
+            metrics[f"{name}_test_accuracy"] = accuracy
+            metrics["lift_points" if name == "scratch" else "lift_over_init_points"] = gain
+            if name == "scratch":
+                scratch, lift = accuracy, gain
     metrics.update(extra or {})
     Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
     Path(metrics_path).write_text(json.dumps(metrics, indent=2) + "\n")

@@ -30,18 +30,24 @@ import torch
 from torch import nn
 
 from pipeline_tasks.augment import ViewAugment, to_float
+from pipeline_tasks.checkpoint import save_atomic
 from pipeline_tasks.config import FinetuneConfig
 from pipeline_tasks.models import Classifier, EncoderSpec, ResNetEncoder, resolve_device
-from pipeline_tasks.preprocess import load_split
-from pipeline_tasks.pretrain import load_encoder, save_atomic
+from pipeline_tasks.monitor import Progress
+from pipeline_tasks.preprocess import load_split, recipe
+from pipeline_tasks.pretrain import load_encoder, load_init
 
 log = logging.getLogger(__name__)
 LogMetrics = Callable[[dict[str, float], int], None]
 
 # Labels are few, so fine-tuning sees mild augmentation: enough to stop 35 images being
 # memorised in a few steps, weak enough that every view still shows its class.
-FINETUNE_AUGMENT = ViewAugment(crop_scale_min=0.8, rotation_degrees=10, jitter=0.2,
-                               noise_std=0.0, erase_prob=0.0)
+FINETUNE_AUGMENT = {
+    "digits": ViewAugment(crop_scale_min=0.8, rotation_degrees=10, brightness=0.2, contrast=0.2,
+                          noise_std=0.0, erase_prob=0.0),
+    "natural": ViewAugment(crop_scale_min=0.5, rotation_degrees=0, hflip_prob=0.5, brightness=0.2,
+                           contrast=0.2, saturation=0.2, noise_std=0.0, erase_prob=0.0),
+}
 
 
 @dataclass(frozen=True)
@@ -93,13 +99,17 @@ def step_budget(n_labeled: int, cfg: FinetuneConfig) -> tuple[int, int]:
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device,
                    batch: int = 512) -> torch.Tensor:
-    """uint8 ``[N,C,H,W]`` -> float logits ``[N, n_classes]`` on the CPU."""
+    """uint8 ``[N,C,H,W]`` -> float logits ``[N, n_classes]`` on the CPU; computed on
+    ``device`` (bf16, channels_last on CUDA), where ``model`` must already be."""
     model.eval()
     out = []
     for i in range(0, len(images), batch):
+        x = to_float(images[i:i + batch].to(device, non_blocking=True))
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out.append(model(to_float(images[i:i + batch].to(device))).float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
+            out.append(model(x).float())
+    return torch.cat(out).cpu() if out else torch.empty(0)
 
 
 @torch.no_grad()
@@ -129,11 +139,12 @@ class _Fit:
 
 def _fit(model: nn.Module, param_groups: list[dict[str, Any]], data: tuple[torch.Tensor, ...],
          cfg: FinetuneConfig, device: torch.device, augment: ViewAugment | None,
-         log_metrics: LogMetrics) -> _Fit:
-    """The step loop shared by every mode. ``data`` = (x, y, val_x, val_y); ``x`` is uint8
-    images when ``augment`` is given, else precomputed features for a linear head."""
+         log_metrics: LogMetrics, on_features: bool = False) -> _Fit:
+    """The step loop shared by every mode. ``data`` = (x, y, val_x, val_y): uint8 images, or
+    with ``on_features`` precomputed features for a linear head."""
     x, y, val_x, val_y = data
     total, every = step_budget(len(x), cfg)
+    progress = Progress(total, min(cfg.batch_size, len(x)), "finetune")
     optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
     generator = torch.Generator(device=x.device).manual_seed(cfg.seed)
@@ -145,7 +156,9 @@ def _fit(model: nn.Module, param_groups: list[dict[str, Any]], data: tuple[torch
             order = torch.randperm(len(x), device=x.device, generator=generator)
         idx, order = order[:batch], order[batch:]
         model.train()
-        inputs = augment(x[idx], generator) if augment is not None else x[idx]
+        inputs = x[idx] if on_features else augment(x[idx], generator) if augment else to_float(x[idx])
+        if device.type == "cuda" and not on_features:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(inputs)
         loss = nn.functional.cross_entropy(logits.float(), y[idx])
@@ -155,10 +168,11 @@ def _fit(model: nn.Module, param_groups: list[dict[str, Any]], data: tuple[torch
         scheduler.step()
         running, since = running + loss.detach(), since + 1  # no host sync until a check
         if step % every == 0 or step == total:
-            acc = _accuracy(model, val_x, val_y, device, on_features=augment is None)
+            acc = _accuracy(model, val_x, val_y, device, on_features)
             log_metrics({"finetune_loss": float(running) / since, "val_accuracy": acc,
                          "lr": float(scheduler.get_last_lr()[-1])}, step)
             running, since = torch.zeros((), device=device), 0
+            progress.update(step)
             if not acc <= best.accuracy:  # also true for NaN (no val split): keep the latest
                 best = _Fit(copy.deepcopy(model.state_dict()), acc, step)
     model.load_state_dict(best.state)
@@ -175,7 +189,8 @@ def _linear_probe(encoder: ResNetEncoder, n_classes: int, data: tuple[torch.Tens
     mean, std = feats.mean(0), feats.std(0, unbiased=False).clamp_min(1e-6)
     head = nn.Linear(encoder.feature_dim, n_classes).to(device)
     fit = _fit(head, [{"params": head.parameters()}],
-               ((feats - mean) / std, y, (val_feats - mean) / std, val_y), cfg, device, None, log_metrics)
+               ((feats - mean) / std, y, (val_feats - mean) / std, val_y), cfg, device, None, log_metrics,
+               on_features=True)
     model = Classifier(encoder, n_classes).to(device)
     with torch.no_grad():  # head(f) on standardised f == (W / std) f + (b - W mean / std)
         model.head.weight.copy_(head.weight / std)
@@ -186,12 +201,14 @@ def _linear_probe(encoder: ResNetEncoder, n_classes: int, data: tuple[torch.Tens
 def finetune_classifier(
     preprocessed_dir: str | Path, encoder_path: str | Path, classes: tuple[str, ...],
     cfg: FinetuneConfig, out_dir: str | Path, log_metrics: LogMetrics = lambda metrics, step: None,
-    mode: str | None = None, out_name: str = "classifier.pt",
+    mode: str | None = None, out_name: str = "classifier.pt", init_path: str | Path | None = None,
 ) -> FinetuneRecord:
     """Train a classifier on ``cfg.label_fraction`` of the training labels, selected on
     ``cfg.val_per_class`` validation labels per class. ``mode`` (default ``cfg.mode``):
-    ``scratch`` builds the encoder of ``encoder_path`` with random weights. Writes
-    ``out_dir/out_name``: ``{"spec", "classes", "state_dict", "preprocess"}``."""
+    ``scratch`` builds the encoder of ``encoder_path`` with random weights; ``init`` with the
+    starting weights ``init_path`` (``pretrain.init``, without self-supervised pretraining),
+    trained like ``full``. Writes ``out_dir/out_name``: ``{"spec", "classes", "state_dict",
+    "preprocess"}``."""
     mode = mode or cfg.mode
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
@@ -201,32 +218,39 @@ def finetune_classifier(
     val_subset = stratified_subset(val_y, cfg.seed, per_class=cfg.val_per_class)
     data = (train_x[subset].to(device), train_y[subset].to(device), val_x[val_subset], val_y[val_subset])
     encoder = load_encoder(encoder_path)
-    if mode == "scratch":
+    if mode in ("scratch", "init"):
         encoder = ResNetEncoder(encoder.spec)
+    if mode == "init":
+        if init_path is None:
+            raise ValueError("fine-tuning mode 'init' needs the starting weights (pretrain.init)")
+        load_init(encoder, init_path)
     if mode == "linear":
         encoder.requires_grad_(False)
         model, fit = _linear_probe(encoder, len(classes), data, cfg, device, log_metrics)
     else:
         model = Classifier(encoder, len(classes)).to(device)
-        scale = cfg.encoder_lr_scale if mode == "full" else 1.0
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        scale = cfg.encoder_lr_scale if mode in ("full", "init") else 1.0
         groups: list[dict[str, Any]] = [{"params": model.encoder.parameters(), "lr": cfg.lr * scale},
                   {"params": model.head.parameters()}]
-        fit = _fit(model, groups, data, cfg, device, FINETUNE_AUGMENT, log_metrics)
+        fit = _fit(model, groups, data, cfg, device, FINETUNE_AUGMENT.get(cfg.augment), log_metrics)
     total, _ = step_budget(len(subset), cfg)
     log.info("finetune (%s): %d labeled + %d validation images, %d steps, best val_accuracy %.4f "
              "at step %d", mode, len(subset), len(val_subset), total, fit.accuracy, fit.step)
     path = Path(out_dir) / out_name
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_classifier(model, classes, train_x.shape[1], train_x.shape[2], path)
+    save_classifier(model, classes, recipe(preprocessed_dir), path)
     return FinetuneRecord(str(path), mode, len(subset), len(val_subset), total, fit.accuracy, fit.step)
 
 
-def save_classifier(model: Classifier, classes: tuple[str, ...] | list[str], channels: int,
-                    image_size: int, path: Path) -> None:
-    """Weights plus what a user of the file needs: class names and the input recipe."""
+def save_classifier(model: Classifier, classes: tuple[str, ...] | list[str], preprocess: dict[str, Any],
+                    path: Path) -> None:
+    """Weights plus what a user of the file needs: class names and the input recipe
+    (``image_size``, ``channels``, ``resize``; ``preprocess.recipe``)."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_atomic({"spec": model.encoder.spec.to_dict(), "classes": list(classes), "state_dict": state,
-                 "preprocess": {"image_size": image_size, "channels": channels}}, path)
+                 "preprocess": dict(preprocess)}, path)
 
 
 def load_classifier(path: str | Path) -> tuple[Classifier, list[str]]:
@@ -237,6 +261,6 @@ def load_classifier(path: str | Path) -> tuple[Classifier, list[str]]:
     return model.eval(), list(blob["classes"])
 
 
-def classifier_recipe(path: str | Path) -> dict[str, int]:
-    """``{"image_size", "channels"}`` the classifier expects."""
+def classifier_recipe(path: str | Path) -> dict[str, Any]:
+    """``{"image_size", "channels", "resize"}``: how the classifier's inputs are made."""
     return dict(torch.load(path, map_location="cpu", weights_only=True)["preprocess"])

@@ -1,9 +1,10 @@
-"""Encoders and heads, built from torchvision's ResNet ``BasicBlock``.
+"""Encoders and heads, built from torchvision's ResNets.
 
-The default encoder is a compact ResNet for small images: a 3x3 stride-1 stem and no
+``compact`` (the default) is a ResNet for small images on a CPU: a 3x3 stride-1 stem and no
 max-pool (a 7x7/2 stem plus pool would shrink 28 px digits to 7 px before the first block),
-widths ``w, 2w, 4w, 8w`` with one block per stage. At ``w=16`` it has 0.31M parameters and
-runs ~1,200 views/s on a 2-core CPU; ``w=32`` is 3.7x slower there for no gain on mnist-5k.
+widths ``w, 2w, 4w, 8w`` with one ``BasicBlock`` per stage. At ``w=16`` it has 0.31M parameters
+and runs ~1,200 views/s on a 2-core CPU; ``w=32`` is 3.7x slower there for no gain on mnist-5k.
+``resnet18/34/50`` are torchvision's, optionally with the same small-image stem.
 """
 
 from __future__ import annotations
@@ -11,15 +12,20 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock
+
+ARCHS = ("compact", "resnet18", "resnet34", "resnet50")
 
 
 @dataclass(frozen=True)
 class EncoderSpec:
     in_channels: int = 1
-    base_width: int = 16
-    blocks_per_stage: tuple[int, ...] = (1, 1, 1, 1)
+    base_width: int = 16  # compact only
+    blocks_per_stage: tuple[int, ...] = (1, 1, 1, 1)  # compact only
+    arch: str = "compact"
+    small_stem: bool = True  # torchvision ResNets: 3x3 stride-1 conv1 and no max-pool
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -27,7 +33,8 @@ class EncoderSpec:
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> EncoderSpec:
         return cls(int(d["in_channels"]), int(d["base_width"]),  # type: ignore[call-overload]
-                   tuple(d["blocks_per_stage"]))  # type: ignore[arg-type]
+                   tuple(d["blocks_per_stage"]), str(d.get("arch", "compact")),  # type: ignore[arg-type]
+                   bool(d.get("small_stem", True)))
 
 
 class ResNetEncoder(nn.Module):
@@ -35,9 +42,13 @@ class ResNetEncoder(nn.Module):
 
     def __init__(self, spec: EncoderSpec = EncoderSpec()) -> None:
         super().__init__()
-        if spec.in_channels not in (1, 3) or spec.base_width < 1 or not spec.blocks_per_stage:
+        if (spec.in_channels not in (1, 3) or spec.base_width < 1 or not spec.blocks_per_stage
+                or spec.arch not in ARCHS):
             raise ValueError(f"invalid encoder spec: {spec}")
         self.spec = spec
+        if spec.arch != "compact":
+            self.body, self.feature_dim = _torchvision_resnet(spec)
+            return
         w = spec.base_width
         layers: list[nn.Module] = [
             nn.Conv2d(spec.in_channels, w, 3, stride=1, padding=1, bias=False),
@@ -61,6 +72,49 @@ class ResNetEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
+
+
+def _torchvision_resnet(spec: EncoderSpec) -> tuple[nn.Module, int]:
+    """torchvision's ResNet with random weights, ``fc`` dropped; ``conv1`` swapped for the
+    small-image stem, or for a 1-channel one, as the spec says."""
+    net = getattr(torchvision.models, spec.arch)(weights=None)
+    if spec.small_stem:
+        net.conv1 = nn.Conv2d(spec.in_channels, 64, 3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    elif spec.in_channels != 3:
+        net.conv1 = nn.Conv2d(spec.in_channels, 64, 7, stride=2, padding=3, bias=False)
+    feature_dim = int(net.fc.in_features)
+    net.fc = nn.Identity()
+    return net, feature_dim
+
+
+def load_torchvision_weights(encoder: ResNetEncoder, state: dict[str, torch.Tensor],
+                             source: str) -> list[str]:
+    """Load a torchvision-format ResNet state dict (``conv1.weight``, ``layer1.0...``; ``fc``
+    ignored) into ``encoder``; returns what was not loaded, and why. RGB ``conv1`` weights feed a
+    1-channel stem summed over colours; a 7x7 ``conv1`` cannot feed the 3x3 small stem and is
+    left random. Anything else that does not fit is a ``ValueError`` naming the keys."""
+    if encoder.spec.arch == "compact":
+        raise ValueError(f"{source}: torchvision weights need a torchvision encoder; set "
+                         "pretrain.encoder to resnet18, resnet34 or resnet50")
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
+    notes = []
+    conv1 = state.get("conv1.weight")
+    stem = encoder.body.get_submodule("conv1")
+    assert isinstance(stem, nn.Conv2d)
+    own = stem.weight
+    if conv1 is not None and conv1.shape[1] == 3 and own.shape[1] == 1:
+        state["conv1.weight"] = conv1 = conv1.sum(1, keepdim=True)
+    if conv1 is not None and conv1.shape != own.shape:
+        del state["conv1.weight"]
+        notes.append(f"conv1 {tuple(conv1.shape)} does not fit the stem {tuple(own.shape)}: left random")
+    missing, unexpected = encoder.body.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "conv1.weight" or not notes]
+    if missing or unexpected:
+        raise ValueError(f"{source}: not a {encoder.spec.arch} state dict (missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}); pass torchvision's {encoder.spec.arch} weights "
+                         "or set pretrain.encoder to match them")
+    return notes
 
 
 def projection_head(in_dim: int, out_dim: int = 128) -> nn.Module:

@@ -1,7 +1,9 @@
-"""Stratified splits and a uint8 tensor cache: images are decoded once, never per epoch.
+"""Stratified splits and a uint8 image cache: images are decoded once (on every core), never
+per epoch.
 
-The labeled images become ``{train,val,test}.pt``; the unlabeled pool, when there is one,
-becomes ``pool.pt`` (images only), which only pretraining reads.
+The labeled images become ``{train,val,test}_images.npy`` and ``*_labels.npy``; the unlabeled
+pool, when there is one, becomes ``pool_images.npy``, which only pretraining reads. Training
+reads the cache memory-mapped (``cache.py``), so it may be larger than memory.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, ImageOps
 
+from pipeline_tasks.cache import decode_into, images_file, labels_file, open_images
 from pipeline_tasks.config import DataConfig, PreprocessConfig
 
 SPLITS = ("train", "val", "test")
@@ -34,6 +37,7 @@ class PreprocessRecord:
     channels: int
     n_pool: int = 0
     test_fingerprint: str = ""  # sha256 over the sorted sha256 of the test images
+    resize: str = "crop"
 
 
 def duplicate_groups(manifest: pd.DataFrame) -> np.ndarray:
@@ -93,9 +97,11 @@ def split_manifest(
     return frame.assign(split=split).sort_values(["split", "label", "path"]).reset_index(drop=True)
 
 
-def prepare_image(im: Image.Image, size: int, channels: int) -> np.ndarray:
+def prepare_image(im: Image.Image, size: int, channels: int, resize: str = "crop") -> np.ndarray:
     """Any PIL image -> ``uint8 [C, size, size]``: transparency flattened onto white, 16-bit
-    scaled to 8-bit, converted to L or RGB, resized. The one recipe for training and serving."""
+    scaled to 8-bit, converted to L or RGB, then made square by ``resize``: ``crop`` (shorter
+    side to ``size``, centre crop), ``pad`` (longer side to ``size``, black borders) or
+    ``squash`` (both sides to ``size``). The one recipe for training and serving."""
     if im.mode not in ("L", "RGB"):
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):
             im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8))
@@ -105,26 +111,31 @@ def prepare_image(im: Image.Image, size: int, channels: int) -> np.ndarray:
             im = Image.alpha_composite(background, im)
     im = im.convert("L" if channels == 1 else "RGB")
     if im.size != (size, size):
-        im = im.resize((size, size), Image.Resampling.BILINEAR)
+        if resize == "crop":
+            im = ImageOps.fit(im, (size, size), Image.Resampling.BILINEAR)
+        elif resize == "pad":
+            im = ImageOps.pad(im, (size, size), Image.Resampling.BILINEAR, color=0)
+        else:
+            im = im.resize((size, size), Image.Resampling.BILINEAR)
     arr = np.asarray(im, dtype=np.uint8)
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
-def load_image(path: Path | BinaryIO, size: int, channels: int) -> np.ndarray:
+def load_image(path: Path | BinaryIO, size: int, channels: int, resize: str = "crop") -> np.ndarray:
     """Decode one file to ``uint8 [C, size, size]`` (EXIF-rotated, then ``prepare_image``)."""
     with Image.open(path) as src:
-        return prepare_image(ImageOps.exif_transpose(src), size, channels)
+        return prepare_image(ImageOps.exif_transpose(src), size, channels, resize)
 
 
 def _read_manifest(path: str | Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"label": str, "phash": str, "path": str}, keep_default_na=False)
 
 
-def _decode_all(root: Path, paths: pd.Series, data: DataConfig) -> torch.Tensor:
-    images = np.zeros((len(paths), data.channels, data.image_size, data.image_size), np.uint8)
-    for i, rel in enumerate(paths):
-        images[i] = load_image(root / rel, data.image_size, data.channels)
-    return torch.from_numpy(images)
+def save_split(out_dir: str | Path, name: str, images: np.ndarray, labels: np.ndarray | None) -> None:
+    """Write one split of the cache from arrays (uint8 ``[N,C,H,W]``, int64 ``[N]``)."""
+    np.save(images_file(out_dir, name), np.ascontiguousarray(images, dtype=np.uint8))
+    if labels is not None:
+        np.save(labels_file(out_dir, name), np.asarray(labels, dtype=np.int64))
 
 
 def test_fingerprint(splits: pd.DataFrame) -> str:
@@ -149,32 +160,43 @@ def preprocess_data(
     sizes = {}
     for name in SPLITS:
         rows = splits[splits["split"] == name]
-        labels = torch.tensor([index[c] for c in rows["label"]], dtype=torch.int64)
-        torch.save({"images": _decode_all(root, rows["path"], data), "labels": labels}, out / f"{name}.pt")
+        np.save(labels_file(out, name), np.array([index[c] for c in rows["label"]], dtype=np.int64))
+        decode_into(images_file(out, name), [root / r for r in rows["path"]], data.image_size, data.channels,
+                    data.resize)
         sizes[name] = len(rows)
     pool_rows = _read_manifest(pool[0])["path"] if pool else pd.Series([], dtype=str)
     pool_root = Path(pool[1]) if pool else root
-    torch.save({"images": _decode_all(pool_root, pool_rows, data)}, out / "pool.pt")
+    decode_into(images_file(out, "pool"), [pool_root / r for r in pool_rows], data.image_size, data.channels,
+                data.resize)
     splits.to_csv(out / "splits.csv", index=False)
     (out / "classes.json").write_text(json.dumps(list(classes)))
     record = PreprocessRecord(
         out_dir=str(out), classes=classes, n_train=sizes["train"], n_val=sizes["val"],
         n_test=sizes["test"], image_size=data.image_size, channels=data.channels, n_pool=len(pool_rows),
-        test_fingerprint=test_fingerprint(splits),
+        test_fingerprint=test_fingerprint(splits), resize=data.resize,
     )
     (out / "splits.json").write_text(json.dumps(dataclasses.asdict(record), indent=2) + "\n")
     return record
 
 
 def load_split(out_dir: str | Path, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(images uint8 [N,C,H,W], labels int64 [N])`` from the tensor cache."""
-    blob = torch.load(Path(out_dir) / f"{name}.pt", weights_only=True)
-    return blob["images"], blob["labels"]
+    """``(images uint8 [N,C,H,W], labels int64 [N])`` of a labeled split, read into memory
+    (empty when the split was not written)."""
+    labels = labels_file(out_dir, name)
+    return (torch.from_numpy(np.array(open_images(out_dir, name))),
+            torch.from_numpy(np.load(labels)) if labels.is_file() else torch.empty(0, dtype=torch.int64))
+
+
+def recipe(out_dir: str | Path) -> dict[str, Any]:
+    """How the cache's images were made (``image_size``, ``channels``, ``resize``): what a model
+    trained on them must do to new images."""
+    path = Path(out_dir) / "splits.json"
+    info: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    _, channels, size, _ = open_images(out_dir, "train").shape
+    return {"image_size": int(info.get("image_size") or size),
+            "channels": int(info.get("channels") or channels), "resize": str(info.get("resize", "squash"))}
 
 
 def load_pool(out_dir: str | Path) -> torch.Tensor:
-    """The unlabeled pool's images, uint8 ``[N,C,H,W]`` (``N`` = 0 without a pool)."""
-    path = Path(out_dir) / "pool.pt"
-    if not path.is_file():
-        return torch.empty(0, dtype=torch.uint8)
-    return torch.load(path, weights_only=True)["images"]
+    """The unlabeled pool's images, uint8 ``[N,C,H,W]`` (``N`` = 0 without a pool), in memory."""
+    return torch.from_numpy(np.array(open_images(out_dir, "pool")))

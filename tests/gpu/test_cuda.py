@@ -1,15 +1,19 @@
-"""The training core on CUDA (bf16 autocast, channels_last). Skipped where there is no GPU."""
+"""The training core on CUDA: augmentation, pretraining (bf16, channels_last, streamed cache,
+compile), fine-tuning and evaluation on the device. Skipped where there is no GPU."""
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from pipeline_tasks.augment import ViewAugment
+from pipeline_tasks.cache import BatchSource
 from pipeline_tasks.config import PipelineConfig
-from pipeline_tasks.preprocess import preprocess_data
+from pipeline_tasks.evaluate import evaluate_classifier
+from pipeline_tasks.finetune import finetune_classifier
+from pipeline_tasks.preprocess import PreprocessRecord
 from pipeline_tasks.pretrain import load_encoder, pretrain_encoder
-from pipeline_tasks.validate import build_manifest
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -17,15 +21,44 @@ pytestmark = [pytest.mark.gpu,
 
 def test_augment_runs_on_the_device() -> None:
     x = torch.randint(0, 255, (64, 3, 32, 32), dtype=torch.uint8, device="cuda")
-    v = ViewAugment(hflip=True)(x, torch.Generator(device="cuda").manual_seed(0))
-    assert v.device.type == "cuda" and v.shape == x.shape
+    v = ViewAugment(hflip_prob=0.5, saturation=0.4, hue=0.1, grayscale_prob=0.2, blur_prob=0.5,
+                    solarize_prob=0.2)(x, torch.Generator(device="cuda").manual_seed(0))
+    assert v.device.type == "cuda" and v.shape == x.shape and torch.isfinite(v).all()
 
 
-def test_pretrain_on_cuda(tiny_cfg: PipelineConfig, tmp_path: Path) -> None:
-    build_manifest(tiny_cfg.data.dir).to_csv(tmp_path / "m.csv", index=False)
-    pre = preprocess_data(tmp_path / "m.csv", tiny_cfg.data.dir, tiny_cfg.data, tiny_cfg.preprocess,
-                          tmp_path / "pre")
-    cfg = tiny_cfg.pretrain.model_copy(update={"device": "cuda", "epochs": 2})
-    rec = pretrain_encoder(pre.out_dir, cfg, tmp_path / "pt")
-    assert torch.isfinite(torch.tensor(rec.final_loss))
+def test_streamed_batches_arrive_on_the_device(tmp_path: Path) -> None:
+    a = np.random.default_rng(0).integers(0, 256, (100, 3, 8, 8), dtype=np.uint8)
+    np.save(tmp_path / "a.npy", a)
+    mapped = np.load(tmp_path / "a.npy", mmap_mode="r")
+    source = BatchSource([mapped], torch.device("cuda"), max_device_bytes=0)
+    batches = [torch.tensor([5, 1, 99]), torch.tensor([0, 50])]
+    for idx, got in zip(batches, source.batches(batches), strict=True):
+        assert got.is_cuda and np.array_equal(got.cpu().numpy(), a[idx.numpy()])
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol", "vicreg"])
+def test_pretrain_on_cuda(method: str, pre: PreprocessRecord, tiny_cfg: PipelineConfig,
+                          tmp_path: Path) -> None:
+    cfg = tiny_cfg.pretrain.model_copy(update={"device": "cuda", "epochs": 2, "method": method})
+    rec = pretrain_encoder(pre.out_dir, cfg, tmp_path / "pt", checkpoint_dir=tmp_path / "ckpt")
+    assert np.isfinite(rec.final_loss) and (tmp_path / "ckpt" / "last.pt").is_file()
     assert load_encoder(rec.encoder_path)(torch.zeros(1, 1, 28, 28)).shape == (1, 64)
+
+
+def test_compiled_resnet18_in_bf16(pre: PreprocessRecord, tiny_cfg: PipelineConfig, tmp_path: Path) -> None:
+    cfg = tiny_cfg.pretrain.model_copy(update={"device": "cuda", "epochs": 1, "encoder": "resnet18",
+                                               "compile": True, "precision": "bf16"})
+    assert np.isfinite(pretrain_encoder(pre.out_dir, cfg, tmp_path).final_loss)
+
+
+def test_finetune_and_evaluate_on_cuda(pre: PreprocessRecord, tiny_cfg: PipelineConfig,
+                                       tmp_path: Path) -> None:
+    pretrain_cfg = tiny_cfg.pretrain.model_copy(update={"device": "cuda"})
+    enc = pretrain_encoder(pre.out_dir, pretrain_cfg, tmp_path / "pt")
+    cfg = tiny_cfg.finetune.model_copy(update={"device": "cuda"})
+    for mode in ("full", "linear", "scratch"):
+        rec = finetune_classifier(pre.out_dir, enc.encoder_path, pre.classes, cfg, tmp_path, mode=mode)
+        ev = evaluate_classifier(pre.out_dir, rec.classifier_path,
+                                 tiny_cfg.evaluate.model_copy(update={"device": "cuda"}),
+                                 tmp_path / "m.json", tmp_path / "plots")
+        assert 0 <= ev.test_accuracy <= 1

@@ -57,7 +57,7 @@ def test_summary_and_outputs(first: dict[str, Any], workspace: Path) -> None:
     metrics = json.loads((workspace / "artifacts" / "metrics.json").read_text())
     for key in ("test_accuracy", "scratch_test_accuracy", "lift_points", "labels_used"):
         assert metrics[key] == first[key], key
-    for rel in ["validation/report.json", "preprocessed/train.pt", "pretrain/encoder.pt",
+    for rel in ["validation/report.json", "preprocessed/train_images.npy", "pretrain/encoder.pt",
                 "finetune/classifier.pt", "finetune/baseline.pt", "plots/confusion_matrix.png",
                 "registered.json"]:
         assert (workspace / "artifacts" / rel).is_file(), rel
@@ -264,3 +264,21 @@ def test_mlflow_models_serve_answers_invocations(first: dict[str, Any], tiny_dat
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_the_encoder_is_registered_and_reused_as_a_starting_point(first: dict[str, Any], workspace: Path,
+                                                                  tiny_data: Path) -> None:
+    client = mlflow.MlflowClient()
+    assert client.search_model_versions("name = 'pretrainflow-encoder'")  # one per distinct encoder
+    embedded = mlflow.pyfunc.load_model("models:/pretrainflow-encoder/1").predict(
+        pd.DataFrame({"image": [str(f) for f in sorted(tiny_data.glob("3/*.png"))[:2]]}))
+    assert len(embedded["embedding"][0]) == 64  # compact ResNet, base width 8
+    state = _flow(workspace, tiny_data, "pretrain.init=models:/pretrainflow-encoder/1",
+                  "register.model_name=from-init")
+    assert state.is_completed(), state.message
+    summary = state.result()
+    # fine-tuned from the starting weights directly: a second baseline beside scratch
+    assert 0 <= summary["init_test_accuracy"] <= 1
+    assert summary["lift_over_init_points"] == round(
+        (summary["test_accuracy"] - summary["init_test_accuracy"]) * 100, 2)
+    assert (workspace / "artifacts" / "finetune" / "init_baseline.pt").is_file()

@@ -44,7 +44,7 @@ def test_stage_out_of_order(capsys: pytest.CaptureFixture[str], tmp_path: Path,
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     code, err = _run(capsys, "stage", "pretrain", "--params", str(PARAMS),
                      "--set", f"data.dir={tiny_data}")
-    assert code == 1 and "train.pt: not found" in err and "pretrainflow stage preprocess" in err
+    assert code == 1 and "train_images.npy: not found" in err and "pretrainflow stage preprocess" in err
 
 
 def test_unreachable_mlflow_server(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,

@@ -12,8 +12,8 @@ def test_params_yaml_matches_the_models_defaults() -> None:
 
 
 def test_override_parses_yaml_values() -> None:
-    cfg = load_config(PARAMS, ["pretrain.lr=0.01", "pretrain.hflip=true", "data.limit_per_class=5"])
-    assert cfg.pretrain.lr == 0.01 and cfg.pretrain.hflip is True and cfg.data.limit_per_class == 5
+    cfg = load_config(PARAMS, ["pretrain.lr=0.01", "pretrain.hflip_prob=0.5", "data.limit_per_class=5"])
+    assert cfg.pretrain.lr == 0.01 and cfg.pretrain.hflip_prob == 0.5 and cfg.data.limit_per_class == 5
     assert cfg.section_digest("finetune") == load_config(PARAMS).section_digest("finetune")
     assert cfg.section_digest("pretrain") != load_config(PARAMS).section_digest("pretrain")
 

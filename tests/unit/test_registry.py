@@ -19,6 +19,7 @@ from pipeline_tasks.models import Classifier, EncoderSpec, ResNetEncoder
 from pipeline_tasks.preprocess import PreprocessRecord
 
 NAME = "digits"
+RECIPE = {"image_size": 28, "channels": 1, "resize": "crop"}
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def classifier(tmp_path: Path, seed: int, classes: tuple[str, ...]) -> Path:
     """Random weights, seeded: equal seeds give equal weights (and equal digests)."""
     torch.manual_seed(seed)
     path = tmp_path / f"classifier-{seed}-{len(classes)}.pt"
-    save_classifier(Classifier(ResNetEncoder(EncoderSpec(1, 4)), len(classes)).eval(), classes, 1, 28, path)
+    save_classifier(Classifier(ResNetEncoder(EncoderSpec(1, 4)), len(classes)).eval(), classes, RECIPE, path)
     return path
 
 
@@ -91,7 +92,7 @@ def test_an_identical_classifier_adds_no_version(store: mlflow.MlflowClient, cfg
     path = classifier(tmp_path, 1, pre.classes)
     apply_decision(register(path, cfg, pre, 0.8))
     again = tmp_path / "again.pt"  # the same weights saved again: a new file, the same content
-    save_classifier(*load_classifier(path), 1, 28, again)
+    save_classifier(*load_classifier(path), RECIPE, again)
     assert classifier_digest(again) == classifier_digest(path)
     record = apply_decision(register(again, cfg, pre, 0.8))
     assert not record.new_version and record.version == "1" and "identical" in record.reason

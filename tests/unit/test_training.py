@@ -11,8 +11,9 @@ from PIL import Image
 from pipeline_tasks.config import PipelineConfig
 from pipeline_tasks.evaluate import confusion_matrix, evaluate_classifier, macro_f1
 from pipeline_tasks.finetune import finetune_classifier, labeled_subset, load_classifier
+from pipeline_tasks.optim import warmup_cosine
 from pipeline_tasks.preprocess import PreprocessRecord
-from pipeline_tasks.pretrain import load_encoder, pretrain_encoder, warmup_cosine
+from pipeline_tasks.pretrain import load_encoder, pretrain_encoder
 
 
 @pytest.fixture(scope="module")
