@@ -33,8 +33,9 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check flows pipeline_tasks tests bench
+	$(BIN)/ruff check flows pipeline_tasks tests bench docker
 	$(BIN)/mypy pipeline_tasks
+	$(BIN)/hadolint --failure-threshold warning docker/Dockerfile
 
 clean:
 	rm -rf artifacts mlflow.db mlruns mlartifacts
