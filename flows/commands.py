@@ -21,6 +21,7 @@ from flows.dvc import (
     untracked_pool_warning,
 )
 from flows.tracking import TrackingError, lineage_tags, setup_tracking
+from pipeline_tasks import distributed
 from pipeline_tasks.config import ConfigError, PipelineConfig, load_config
 from pipeline_tasks.datasets import UNLABELED, DatasetError, write_builtin
 from pipeline_tasks.importers import (
@@ -43,15 +44,17 @@ def _config(args: argparse.Namespace, data_dir: str | None = None) -> PipelineCo
 
 
 def _preflight(cfg: PipelineConfig) -> str:
-    """Cheap checks before Prefect starts: the data folders and the tracking store."""
+    """Cheap checks before Prefect starts: the data folders and the tracking store. Under
+    torchrun only rank 0 talks to MLflow (the others would race to create the experiment)."""
+    main = distributed.current().is_main
     try:
         list_images(cfg.data.dir)
         if cfg.data.unlabeled_dir:
             list_pool(cfg.data.unlabeled_dir)
             warning = untracked_pool_warning(cfg.data.unlabeled_dir)
-            if warning:
+            if warning and main:
                 print(warning, file=sys.stderr)
-        return setup_tracking(cfg.tracking.experiment)
+        return setup_tracking(cfg.tracking.experiment) if main else ""
     except (DataError, TrackingError) as exc:
         raise UserError(str(exc)) from exc
 

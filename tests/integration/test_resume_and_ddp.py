@@ -103,3 +103,39 @@ def test_torchrun_two_processes_match_one(pre: PreprocessRecord, tiny_cfg: Pipel
     assert abs(first_ddp - first_one) / first_one < 0.05, (first_ddp, first_one)
     assert sorted(p.name for p in (tmp_path / "ddp-ckpt").iterdir()) == [LAST]  # rank 0 only
     assert (tmp_path / "ddp" / "encoder.pt").is_file()
+
+
+def test_torchrun_runs_the_pretrain_stage_from_the_cli(tiny_data: Path, tmp_path: Path) -> None:
+    """What a user types: rank 0 alone logs to MLflow and writes the encoder and checkpoints."""
+    import shutil
+
+    import mlflow
+    import yaml
+
+    from tests.conftest import PARAMS, TINY
+
+    params = yaml.safe_load(PARAMS.read_text())
+    for item in [*TINY, "pretrain.epochs=2"]:
+        key, value = item.split("=")
+        section, field = key.split(".")
+        params[section][field] = yaml.safe_load(value)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copytree(tiny_data, tmp_path / "data")
+    bin_dir = Path(sys.executable).parent
+    env = {**_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    for stage in ("validate", "preprocess"):
+        done = subprocess.run(["pretrainflow", "stage", stage], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    torchrun = [str(bin_dir / "torchrun"), "--no-python", "--nproc-per-node", "2",
+                "--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
+    ddp = subprocess.run([*torchrun, "pretrainflow", "stage", "pretrain"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
+    assert (tmp_path / "artifacts" / "pretrain" / "encoder.pt").is_file()
+    assert [p.name for p in (tmp_path / "artifacts" / "checkpoints" / "pretrain").iterdir()] == [LAST]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("pretrainflow")
+    runs = client.search_runs([experiment.experiment_id], "attributes.run_name = 'pretrain'")
+    assert len(runs) == 1 and runs[0].data.metrics["pretrain_images"] == 90  # one run, from rank 0
