@@ -23,7 +23,7 @@ from pipeline_tasks.preprocess import PreprocessRecord
 pytestmark = pytest.mark.slow
 
 SCRIPT = '''
-import json, logging, sys
+import json, logging, os, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
 from pipeline_tasks.config import PretrainConfig
 from pipeline_tasks.pretrain import pretrain_encoder
@@ -31,8 +31,9 @@ losses = {}
 cfg = PretrainConfig.model_validate_json(sys.argv[1])
 rec = pretrain_encoder(sys.argv[2], cfg, sys.argv[3], checkpoint_dir=sys.argv[4],
                        log_metrics=lambda m, step: losses.setdefault(step, m.get("pretrain_loss")))
-print("RECORD " + json.dumps({"resumed": rec.resumed_at_epoch, "loss": rec.final_loss,
-                              "first": losses.get(0)}))
+if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 logs (the others have no metrics)
+    print("RECORD " + json.dumps({"resumed": rec.resumed_at_epoch, "loss": rec.final_loss,
+                                  "first": losses.get(0)}))
 '''
 
 
