@@ -11,21 +11,14 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+
+from flows.errors import UserError
 
 # Before prefect is imported: no analytics calls offline, and the stages' epoch logs shown.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline_tasks")
-
-
-class UserError(Exception):
-    """An error the user can fix; ``code`` is the exit status."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def _params_arg(p: argparse.ArgumentParser) -> None:
@@ -38,6 +31,16 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is a number from 1 to 65535, got {text!r}")
     return value
 
 
@@ -101,39 +104,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve the flow as a Prefect deployment with a schedule")
     serve.add_argument("--cron", default=None, help="cron schedule, e.g. '0 3 * * *' (default: none)")
+    serve.add_argument("--timezone", default=None, metavar="TZ",
+                       help="the schedule's IANA timezone, e.g. Europe/Paris (default: this machine's)")
     _params_arg(serve)
 
     ui = sub.add_parser("ui", help="start local Prefect and MLflow servers and print their URLs")
-    ui.add_argument("--prefect-port", type=int, default=4200)
-    ui.add_argument("--mlflow-port", type=int, default=5000)
+    ui.add_argument("--prefect-port", type=_port, default=4200, help="Prefect UI and API (default: 4200)")
+    ui.add_argument("--mlflow-port", type=_port, default=5000, help="MLflow UI and API (default: 5000)")
+    ui.add_argument("--host", default="127.0.0.1",
+                    help="address both servers listen on (default: 127.0.0.1, this machine only; "
+                         "0.0.0.0: every interface)")
+    ui.add_argument("--mlflow-jobs", action="store_true",
+                    help="start MLflow's job runner too (GenAI scorer jobs; ~8 more processes)")
     return parser
+
+
+def _handler(command: str) -> Callable[[argparse.Namespace], int]:
+    # Heavy imports only after argument parsing. `ui` only supervises two servers: it skips
+    # flows.commands (torch, mlflow, GX: ~4 s and ~0.7 GB) for the whole time the servers run.
+    if command == "ui":
+        from flows.servers import cmd_ui  # noqa: PLC0415
+
+        return cmd_ui
+    from flows import commands  # noqa: PLC0415
+
+    return {"run": commands.cmd_run, "stage": commands.cmd_stage, "data": commands.cmd_data,
+            "predict": commands.cmd_predict, "serve": commands.cmd_serve}[command]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.getLogger("pipeline_tasks").setLevel(logging.INFO)  # epoch lines in Prefect's log
-    from flows import commands  # noqa: PLC0415 - heavy imports only after argument parsing
-
-    handler = {"run": commands.cmd_run, "stage": commands.cmd_stage, "data": commands.cmd_data,
-               "predict": commands.cmd_predict, "serve": commands.cmd_serve, "ui": commands.cmd_ui}
     try:
-        return handler[args.command](args)
+        return _handler(args.command)(args)
     except UserError as exc:
         print(f"pretrainflow {args.command}: error: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-def print_summary(summary: dict[str, Any]) -> None:
-    width = max(len(k) for k in summary)
-    print("\n== pretrainflow summary ==")
-    for key, value in summary.items():
-        shown = value
-        if isinstance(value, float) and key != "seconds":
-            shown = f"{value:+.2f}" if key.startswith("lift") else f"{value:.4f}"
-        print(f"  {key:<{width}}  {shown}")
 
 
 if __name__ == "__main__":

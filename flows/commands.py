@@ -5,13 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
-from flows.cli import UserError, print_summary
 from flows.dvc import (
     DvcError,
     commit_stage_outputs,
@@ -20,6 +16,7 @@ from flows.dvc import (
     tracks,
     untracked_pool_warning,
 )
+from flows.errors import UserError, print_summary
 from flows.tracking import TrackingError, lineage_tags, setup_tracking
 from pipeline_tasks import distributed
 from pipeline_tasks.config import ConfigError, PipelineConfig, load_config
@@ -191,52 +188,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _config(args)  # fail now on bad params, not at the first scheduled run
-    from flows.pipeline import pretrain_finetune  # noqa: PLC0415
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # noqa: PLC0415
 
-    pretrain_finetune.serve(name="pretrain-finetune", cron=args.cron,
-                            parameters={"params": args.params, "overrides": args.overrides})
-    return 0
+    from flows.deploy import serve  # noqa: PLC0415
 
-
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise UserError(f"the server for {url} exited with status {proc.returncode}; "
-                            "is the port already in use? pass another --*-port")
+    if args.timezone:
         try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise UserError(f"{url} did not answer within {seconds:.0f} s")
-
-
-def cmd_ui(args: argparse.Namespace) -> int:
-    env = {**os.environ, "PREFECT_SERVER_API_PORT": str(args.prefect_port),
-           "PREFECT_API_URL": f"http://127.0.0.1:{args.prefect_port}/api",
-           "PREFECT_UI_API_URL": f"http://127.0.0.1:{args.prefect_port}/api"}
-    bin_dir = Path(sys.executable).parent
-    procs = [
-        subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1",
-                          "--port", str(args.prefect_port)], env=env),
-        subprocess.Popen([str(bin_dir / "mlflow"), "server", "--host", "127.0.0.1",
-                          "--port", str(args.mlflow_port), "--backend-store-uri", "sqlite:///mlflow.db",
-                          "--default-artifact-root", Path("mlartifacts").resolve().as_uri()]),
-    ]
-    try:
-        _wait_healthy(f"http://127.0.0.1:{args.prefect_port}/api/health", procs[0], 60)
-        _wait_healthy(f"http://127.0.0.1:{args.mlflow_port}/health", procs[1], 90)
-        print(f"Prefect UI: http://127.0.0.1:{args.prefect_port}\n"
-              f"MLflow UI:  http://127.0.0.1:{args.mlflow_port}\n"
-              f"To send runs there: export PREFECT_API_URL=http://127.0.0.1:{args.prefect_port}/api "
-              f"MLFLOW_TRACKING_URI=http://127.0.0.1:{args.mlflow_port}\nCtrl-C stops both.")
-        while all(p.poll() is None for p in procs):
-            time.sleep(1)
-        raise UserError("a server stopped by itself; see its log above")
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=30)
+            ZoneInfo(args.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise UserError(f"--timezone {args.timezone!r}: not an IANA timezone name; use one like "
+                            "UTC or Europe/Paris", code=2) from exc
+    serve(args.params, list(args.overrides), args.cron, args.timezone)
     return 0

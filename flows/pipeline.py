@@ -8,15 +8,20 @@ sha256 of the upstream outputs (and, through validate, the data digest): changin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
-from prefect import flow, get_run_logger, task
+import requests
+from mlflow.exceptions import MlflowException
+from prefect import flow, get_client, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.runtime import flow_run
@@ -24,6 +29,7 @@ from prefect.states import Failed
 
 import pipeline_tasks
 from flows.registry import RegisterRecord, apply_decision
+from flows.reports import mlflow_ui, model_link, run_link, summary_markdown, validation_markdown
 from flows.stages import RUNNERS, ArtifactPaths, RunContext, run_register
 from flows.tracking import lineage_tags, setup_tracking
 from pipeline_tasks.config import PipelineConfig, load_config
@@ -55,6 +61,7 @@ class StageResult:
     stage: str
     record: Any
     outputs: tuple[tuple[str, str], ...]  # (path, sha256)
+    mlflow_run_id: str | None = None  # the flow's MLflow run that computed it (a cache hit's is older)
 
 
 def _sha256(path: Path) -> str:
@@ -70,10 +77,16 @@ def _intact(result: StageResult) -> bool:
     return all(Path(p).is_file() and _sha256(Path(p)) == digest for p, digest in result.outputs)
 
 
+# The flows/ code a stage runs (the stage runners and what they call); with pipeline_tasks/ it
+# enters every cache key, so editing either reruns the stages.
+STAGE_CODE = ("stages.py", "registry.py", "gate.py", "tracking.py", "pyfunc_model.py")
+
+
 def code_version() -> str:
-    """Hash of the stage code, so editing pipeline_tasks/ invalidates the cache."""
+    """Hash of the stage code, so editing pipeline_tasks/ or a stage runner invalidates the cache."""
     h = hashlib.sha256()
-    for src in sorted(Path(pipeline_tasks.__file__).parent.glob("*.py")):
+    here = Path(__file__).parent
+    for src in [*sorted(Path(pipeline_tasks.__file__).parent.glob("*.py")), *(here / f for f in STAGE_CODE)]:
         h.update(src.read_bytes())
     return h.hexdigest()[:16]
 
@@ -82,51 +95,41 @@ def code_version() -> str:
 def validate_data_task(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> Any:
     """Never cached: it reads every file (unchanged ones from the manifest cache), and its
     digest is the data version downstream."""
+    report = paths.validation / "report.json"
+    report.unlink(missing_ok=True)  # whatever is there afterwards, this run wrote
     try:
         return RUNNERS["validate"](cfg, paths, ctx)
     except DataError as exc:
         return str(exc)  # a closed gate is an outcome, not a crash: the flow fails cleanly
     finally:
-        report = paths.validation / "report.json"
         if report.is_file():
             create_markdown_artifact(key="data-validation", markdown=validation_markdown(
                 json.loads(report.read_text())), description="image manifest validation")
 
 
-def validation_markdown(report: dict[str, Any]) -> str:
-    """The validation summary as the Prefect UI shows it."""
-    verdict = "passed" if report["success"] else "**FAILED**"
-    lines = [f"# Data validation {verdict}", "",
-             f"{report['n_images']} images, {report['n_classes']} classes, "
-             f"{report['n_skipped']} skipped; width {report['width']}, height {report['height']}; "
-             f"formats {report['formats']}; modes {report['modes']}", "",
-             "| class | images |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in report["images_per_class"].items()]
-    lines += ["", "| suite | expectation | column | result |", "|---|---|---|---|"]
-    lines += [f"| {e['suite']} | {e['expectation']} | {e['column']} | {'ok' if e['success'] else 'FAILED'} |"
-              for e in report["expectations"]]
-    for f in report["failures"]:
-        lines += ["", f"**{f['expectation']}** on `{f['column'] or 'the class table'}`: {f['fix']}", ""]
-        lines += [f"- `{o}`" for o in f["offending"]]
-    return "\n".join(lines)
-
-
 @task(cache_policy=CACHE_POLICY)
 def stage_task(stage: str, key: str, upstream: tuple[Any, ...], cfg: PipelineConfig,
                paths: ArtifactPaths, ctx: RunContext) -> StageResult:
+    """Deterministic compute: cached, never retried (a retry would compute the same failure)."""
     record = RUNNERS[stage](cfg, paths, ctx)
     files = [paths.root / f for f in STAGE_KEYS[stage][1]]
-    return StageResult(stage, record, tuple((str(f), _sha256(f)) for f in files if f.is_file()))
+    return StageResult(stage, record, tuple((str(f), _sha256(f)) for f in files if f.is_file()),
+                       ctx.parent_run_id)
 
 
-@task(name="register-model")
+# Tasks that only talk to the tracking server: retried with backoff, since a server that blinks
+# is the likely failure; compute tasks are not.
+SERVICE_RETRIES = {"retries": 2, "retry_delay_seconds": [5, 20]}
+
+
+@task(name="register-model", **SERVICE_RETRIES)
 def register_task(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext,
                   evaluated: StageResult) -> RegisterRecord:
     """Register and decide; the aliases move in `move-aliases`, after everything else."""
     return run_register(cfg, paths, ctx, apply=False)
 
 
-@task(name="move-aliases")
+@task(name="move-aliases", **SERVICE_RETRIES)
 def move_aliases_task(record: RegisterRecord, paths: ArtifactPaths) -> RegisterRecord:
     record = apply_decision(record)
     paths.registered.write_text(json.dumps(record.to_dict(), indent=2) + "\n")
@@ -151,16 +154,26 @@ def pretrain_finetune(
     params: str = "params.yaml", overrides: list[str] | None = None,
     data_dir: str | None = None, no_cache: bool = False, artifacts: str = "artifacts",
 ) -> Any:
-    """Validate -> preprocess -> pretrain (SimCLR) -> finetune -> evaluate -> register."""
+    """Validate -> preprocess -> pretrain -> finetune (and the scratch baseline) -> evaluate ->
+    register, with one MLflow run holding a nested run per stage.
+
+    Args:
+        params: The params file, relative to the folder the run starts in (params.yaml).
+        overrides: Changes to the params for this run only, one per item, as section.key=value
+            (the value is YAML), e.g. finetune.lr=0.003, pretrain.epochs=80,
+            finetune.label_fraction=0.1 or data.unlabeled_dir=unlabeled. Any key of params.yaml.
+        data_dir: The labeled images, laid out as <class>/<image>; empty: data.dir of the params.
+        no_cache: Run every stage again, ignoring Prefect's cache of earlier results.
+        artifacts: The folder the stages write their outputs to.
+    """
     started = time.perf_counter()
     sets = list(overrides or []) + ([f"data.dir={json.dumps(data_dir)}"] if data_dir else [])
     cfg = load_config(params, sets)
     paths = ArtifactPaths(Path(artifacts).resolve())
     experiment_id = setup_tracking(cfg.tracking.experiment)
-    tags = {**lineage_tags(cfg.data.dir, cfg.data.unlabeled_dir), "prefect_flow_run_id": str(flow_run.id),
-            "prefect_flow_run_name": str(flow_run.name)}
+    tags = {**lineage_tags(cfg.data.dir, cfg.data.unlabeled_dir), **_prefect_tags()}
     parent = mlflow.start_run(experiment_id=experiment_id, run_name=f"pretrain-finetune {flow_run.name}",
-                              tags=tags)
+                              tags=tags, description=_describe(cfg, tags))
     try:
         mlflow.log_params(cfg.flat())
         ctx = RunContext(experiment_id, parent.info.run_id, tags)
@@ -168,24 +181,64 @@ def pretrain_finetune(
         if isinstance(validated, str):
             mlflow.end_run("FAILED")
             return Failed(message=validated)
-        summary, registered = _train_and_register(validated, cfg, paths, ctx, no_cache)
+        md5 = tags["data_dvc_md5"]
+        _tag_flow_run(f"data:{md5[:12] if md5 != 'untracked' else validated.data_digest[:12]}")
+        summary, registered, source = _train_and_register(validated, cfg, paths, ctx, no_cache)
         summary["seconds"] = round(time.perf_counter() - started, 1)
         mlflow.log_metric("pipeline_seconds", summary["seconds"])
-        create_markdown_artifact(key="run-summary", markdown=_summary_markdown(summary),
+        uri = mlflow.get_tracking_uri()
+        links = {"run": run_link(uri, experiment_id, ctx.parent_run_id or ""),
+                 "model": model_link(uri, registered.model_name, registered.version)}
+        if source:
+            links["source"] = run_link(uri, experiment_id, source)
+        create_markdown_artifact(key="run-summary", markdown=summary_markdown(summary, links),
                                  description="pretrain-finetune results")
         # Last: the aliases move only once everything else has succeeded.
         summary["aliases"] = list(move_aliases_task(registered, paths).aliases)
         mlflow.end_run("FINISHED")
         return summary
+    except (MlflowException, requests.exceptions.RequestException) as exc:
+        with contextlib.suppress(Exception):
+            mlflow.end_run("FAILED")
+        uri = mlflow.get_tracking_uri()
+        cause = re.search(r"\[Errno \d+\][^\"')]*", str(exc))  # e.g. "[Errno 111] Connection refused"
+        reason = cause.group(0) if cause else str(exc).splitlines()[0][:200]
+        return Failed(message=f"MLflow tracking store {uri} (MLFLOW_TRACKING_URI) failed during the run, "
+                              f"after retries: {reason}. No alias moved. Start the server again "
+                              "(`pretrainflow ui`) and rerun: finished stages come from the cache.")
     except BaseException:
-        mlflow.end_run("FAILED")
+        with contextlib.suppress(Exception):
+            mlflow.end_run("FAILED")
         raise
 
 
+def _prefect_tags() -> dict[str, str]:
+    """The flow run's ids, and its URL when a Prefect server (not the ephemeral API) runs it."""
+    tags = {"prefect_flow_run_id": str(flow_run.id), "prefect_flow_run_name": str(flow_run.name)}
+    if os.environ.get("PREFECT_API_URL") and flow_run.ui_url:
+        tags["prefect_flow_run_url"] = str(flow_run.ui_url)
+    return tags
+
+
+def _describe(cfg: PipelineConfig, tags: dict[str, str]) -> str:
+    where = f"[Prefect flow run]({tags['prefect_flow_run_url']})" if "prefect_flow_run_url" in tags else \
+        f"Prefect flow run {tags['prefect_flow_run_name']}"
+    return (f"{where}: {cfg.pretrain.method} pretraining ({cfg.pretrain.epochs} epochs) on {cfg.data.dir}, "
+            f"{cfg.finetune.mode} fine-tuning with {cfg.finetune.label_fraction:.0%} of the training labels "
+            f"against a scratch baseline; registers {cfg.register_.model_name}.")
+
+
+def _tag_flow_run(tag: str) -> None:
+    """Add ``tag`` (the data version) to this flow run, so the Prefect UI can filter runs by it."""
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(flow_run.id, tags=[*flow_run.tags, tag])
+
+
 def _train_and_register(validated: ValidationRecord, cfg: PipelineConfig, paths: ArtifactPaths,
-                        ctx: RunContext, no_cache: bool) -> tuple[dict[str, Any], RegisterRecord]:
-    """Everything after the gate, inside the flow's MLflow run; returns the run summary and
-    the registration, whose aliases have not moved yet."""
+                        ctx: RunContext, no_cache: bool) -> tuple[dict[str, Any], RegisterRecord, str | None]:
+    """Everything after the gate, inside the flow's MLflow run; returns the run summary, the
+    registration (aliases not moved yet) and, when the results came from the cache, the
+    MLflow run that computed them."""
     ctx = RunContext(ctx.experiment_id, ctx.parent_run_id,
                      {**ctx.tags, "data_images": str(validated.n_images)})
     code, upstream = code_version(), (validated.data_digest,)
@@ -193,8 +246,10 @@ def _train_and_register(validated: ValidationRecord, cfg: PipelineConfig, paths:
     for stage in ("preprocess", "pretrain", "finetune", "evaluate"):
         results[stage] = _run_stage(stage, upstream, cfg, paths, ctx, code, no_cache)
         upstream = (*upstream, results[stage].outputs)
+    source = results["evaluate"].mlflow_run_id
+    source = source if source != ctx.parent_run_id else None
     registered = register_task(cfg, paths, ctx, results["evaluate"])
-    metrics = json.loads(paths.metrics.read_text())
+    metrics = _log_on_parent(paths, registered, source)
     summary = {
         "mode": cfg.finetune.mode if cfg.finetune.mode == "scratch" else f"{cfg.finetune.mode} (pretrained)",
         "test_accuracy": metrics["test_accuracy"],
@@ -209,15 +264,24 @@ def _train_and_register(validated: ValidationRecord, cfg: PipelineConfig, paths:
         "model_version": registered.version, "aliases": list(registered.aliases), "gate": registered.reason,
         "tracking_uri": mlflow.get_tracking_uri(), "data_dvc_md5": ctx.tags["data_dvc_md5"],
     }
-    return summary, registered
+    return summary, registered, source
 
 
-def _summary_markdown(summary: dict[str, Any]) -> str:
-    head = ""
-    if isinstance(summary.get("lift_points"), float | int):
-        head = (f"**Pretrained {summary['test_accuracy']:.4f} vs scratch "
-                f"{summary['scratch_test_accuracy']:.4f}: {summary['lift_points']:+.2f} points** with "
-                f"{summary['labels_used']} labels ({summary['train_labels']} training + "
-                f"{summary['val_labels']} validation), on {summary['test_images']} test images.\n\n")
-    rows = "\n".join(f"| {k} | {v} |" for k, v in summary.items())
-    return f"# pretrain-finetune\n\n{head}| field | value |\n|---|---|\n{rows}\n"
+def _log_on_parent(paths: ArtifactPaths, registered: RegisterRecord, source: str | None) -> dict[str, Any]:
+    """The headline numbers, the confusion matrix, the validation report and the model version
+    on the flow's own run, cached or not; a cache hit names the run that computed them."""
+    metrics: dict[str, Any] = json.loads(paths.metrics.read_text())
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+    mlflow.log_artifact(str(paths.metrics))
+    mlflow.log_artifacts(str(paths.plots), "plots")
+    mlflow.log_artifact(str(paths.validation / "report.json"), "validation")
+    tags = {"registered_model": registered.model_name, "registered_version": registered.version,
+            "registered_model_uri": registered.model_uri}
+    base = mlflow_ui(mlflow.get_tracking_uri())
+    if base:
+        tags["registered_model_url"] = (f"{base}/#/models/{registered.model_name}/versions/"
+                                        f"{registered.version}")
+    if source:
+        tags["cached_from_run"] = source  # stages came from Prefect's cache: their runs are there
+    mlflow.set_tags(tags)
+    return metrics

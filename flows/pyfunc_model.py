@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 from mlflow.pyfunc import PythonModel
+from mlflow.types.type_hints import TypeFromExample
 
 
 class ImageModel(PythonModel):
@@ -30,7 +31,7 @@ class ImageModel(PythonModel):
         import json
 
         from pipeline_tasks.finetune import classifier_recipe, load_classifier
-        from pipeline_tasks.pretrain import load_encoder
+        from pipeline_tasks.models import load_encoder
 
         if "classifier" in context.artifacts:
             path = context.artifacts["classifier"]
@@ -41,9 +42,10 @@ class ImageModel(PythonModel):
             with open(context.artifacts["recipe"]) as f:
                 self.recipe = json.load(f)
 
-    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
-        # Untyped on purpose: MLflow would turn type hints into a second, list-based schema;
-        # the logged signature (one `image` column of any type) is the contract.
+    def predict(self, context: Any, model_input: TypeFromExample,  # type: ignore[valid-type]
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
+        # TypeFromExample: the input is what the logged example is (a DataFrame with a column
+        # `image`), so MLflow neither invents a second schema from the hint nor warns.
         from pipeline_tasks.finetune import predict_logits
         from pipeline_tasks.inputs import prepare_batch
 

@@ -16,6 +16,16 @@ import mlflow
 import yaml
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# What the MLflow 3 UI reads to open an experiment on its training runs, not on a GenAI traces page.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+STAGE_DESCRIPTIONS = {
+    "validate": "Great Expectations gate on the labeled images and the unlabeled pool",
+    "preprocess": "stratified splits and the uint8 image cache",
+    "pretrain": "self-supervised pretraining of the encoder (labels unused)",
+    "finetune": "fine-tuning on the labeled subset, and the from-scratch baseline",
+    "evaluate": "scores on the held-out test split",
+    "register": "model registry: new version and the promotion gate's decision",
+}
 LogMetrics = Callable[[dict[str, float], int], None]
 
 
@@ -44,14 +54,19 @@ def setup_tracking(experiment: str) -> str:
                 f"({exc}). Start it (`pretrainflow ui`), or unset MLFLOW_TRACKING_URI to use "
                 f"{DEFAULT_TRACKING_URI}."
             ) from exc
+    # no artifact-download progress bars in the flow's log
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(uri)
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
+        if found.tags.get(EXPERIMENT_KIND[0]) is None:  # experiments made by older versions
+            mlflow.MlflowClient().set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
         return str(found.experiment_id)
     location = None
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         location = Path("mlartifacts").resolve().as_uri()  # beside mlflow.db, not in cwd/mlruns
-    return str(mlflow.create_experiment(experiment, artifact_location=location))
+    return str(mlflow.create_experiment(experiment, artifact_location=location,
+                                        tags=dict([EXPERIMENT_KIND])))
 
 
 def git_commit() -> str:
@@ -119,7 +134,8 @@ def stage_run(stage: str, experiment_id: str, parent_run_id: str | None,
     """An MLflow run for one stage, nested under the flow's run when there is one."""
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=stage, nested=parent_run_id is not None,
-        parent_run_id=parent_run_id, tags={"pretrainflow.stage": stage, **tags},
+        parent_run_id=parent_run_id, description=STAGE_DESCRIPTIONS.get(stage),
+        tags={"pretrainflow.stage": stage, **tags},
     ) as run:
         if params:
             mlflow.log_params(params)

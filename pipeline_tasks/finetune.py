@@ -32,10 +32,16 @@ from torch import nn
 from pipeline_tasks.augment import ViewAugment, to_float
 from pipeline_tasks.checkpoint import save_atomic
 from pipeline_tasks.config import FinetuneConfig
-from pipeline_tasks.models import Classifier, EncoderSpec, ResNetEncoder, resolve_device
+from pipeline_tasks.models import (
+    Classifier,
+    EncoderSpec,
+    ResNetEncoder,
+    load_encoder,
+    load_init,
+    resolve_device,
+)
 from pipeline_tasks.monitor import Progress
 from pipeline_tasks.preprocess import load_split, recipe
-from pipeline_tasks.pretrain import load_encoder, load_init
 
 log = logging.getLogger(__name__)
 LogMetrics = Callable[[dict[str, float], int], None]

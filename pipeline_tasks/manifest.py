@@ -20,9 +20,24 @@ from PIL import Image
 
 MANIFEST_COLUMNS = [
     "path", "label", "format", "mode", "width", "height", "bytes", "sha256", "phash",
-    "decodes", "error", "symlink_outside", "size_key",
+    "decodes", "error", "symlink_outside", "bad_name", "size_key",
 ]
-CACHE_VERSION = "1"  # bump when a column's meaning changes: old caches are then ignored
+CACHE_VERSION = "2"  # bump when a column's meaning changes: old caches are then ignored
+BAD_NAME = "bad-name"  # the listing's size key for a file whose name is not valid UTF-8
+
+
+def printable(name: str) -> str:
+    """``name`` as valid UTF-8: a file name in another encoding (os gives its bytes back as
+    surrogates) shows its bytes escaped, e.g. ``caf\\xe9.png``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _valid_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 class DataError(ValueError):
@@ -62,9 +77,21 @@ def _scan(class_dir: Path, root: Path) -> Iterator[tuple[str, str | None]]:
             yield e.path[prefix:], f"v{CACHE_VERSION}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def class_folders(root: Path) -> list[str]:
-    """Names of the class folders (hidden ones skipped), sorted: empty ones included."""
+def _folders(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def class_folders(root: Path) -> list[str]:
+    """Names of the class folders (hidden ones skipped, others escaped to valid UTF-8), sorted:
+    empty ones included."""
+    return [printable(name) for name in _folders(root)]
+
+
+def _listed(label: str, rel: str, key: str | None) -> tuple[str, str, str | None]:
+    """A listing row; a name that is not valid UTF-8 is escaped and marked, never read."""
+    if _valid_utf8(label) and _valid_utf8(rel):
+        return label, rel, key
+    return printable(label), printable(rel), BAD_NAME
 
 
 def list_images(data_dir: str | Path) -> pd.DataFrame:
@@ -81,11 +108,11 @@ def list_images(data_dir: str | Path) -> pd.DataFrame:
             "or pass --data-dir PATH to a folder laid out as <class>/<image>."
         )
     rows: list[tuple[str, str, str | None]] = []
-    for label in class_folders(root):
+    for label in _folders(root):
         if (root / label).is_symlink() and not _inside(root / label, root):
-            rows.append((label, label, None))
+            rows.append(_listed(label, label, None))
         else:
-            rows += [(label, rel, key) for rel, key in _scan(root / label, root)]
+            rows += [_listed(label, rel, key) for rel, key in _scan(root / label, root)]
     if not rows:
         raise DataError(
             f"{root}: no images found (expected <class>/<image> files). Put one folder per class "
@@ -105,7 +132,7 @@ def list_pool(pool_dir: str | Path) -> pd.DataFrame:
             "`pretrainflow data import-unlabeled PATH`, or set data.unlabeled_dir: null to "
             "pretrain on the labeled training images only."
         )
-    rows = [("", rel, key) for rel, key in _scan(root, root)]
+    rows = [_listed("", rel, key) for rel, key in _scan(root, root)]
     if not rows:
         raise DataError(f"{root}: the unlabeled pool (data.unlabeled_dir) holds no files; add images "
                         "or set data.unlabeled_dir: null")
@@ -123,7 +150,7 @@ def dhash(im: Image.Image, size: int = 16) -> str:
 def _row(rel: str, label: str, **values: Any) -> dict[str, Any]:
     return {"path": rel, "label": label, "format": "", "mode": "", "width": 0, "height": 0,
             "bytes": 0, "sha256": "", "phash": "", "decodes": False, "error": "",
-            "symlink_outside": False, "size_key": "", **values}
+            "symlink_outside": False, "bad_name": False, "size_key": "", **values}
 
 
 def describe_file(path: Path, rel: str, label: str) -> dict[str, Any]:
@@ -168,14 +195,18 @@ def build_manifest(data_dir: str | Path, cache_file: str | Path | None = None,
     if cache is not None:
         known = cache.drop_duplicates("path").set_index("path")["size_key"]
         hit = listing["path"].map(known).eq(listing["size_key"]) & listing["size_key"].notna()
+    bad = listing["size_key"].eq(BAD_NAME)
     links = listing[listing["size_key"].isna()]
-    todo = listing[~hit & listing["size_key"].notna()]
+    todo = listing[~hit & listing["size_key"].notna() & ~bad]
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) * 2)) as executor:
         fresh = list(executor.map(lambda r: {**describe_file(root / r[1], r[1], r[0]), "size_key": r[2]},
                               todo.itertuples(index=False, name=None)))
     fresh += [_row(path, label, symlink_outside=True,
                    error="symlink to a path outside the data folder (not followed)")
               for label, path in links[["label", "path"]].itertuples(index=False, name=None)]
+    fresh += [_row(path, label, bad_name=True,
+                   error="the file name is not valid UTF-8 (shown with its bytes escaped)")
+              for label, path in listing.loc[bad, ["label", "path"]].itertuples(index=False, name=None)]
     parts = [pd.DataFrame(fresh, columns=MANIFEST_COLUMNS)] if fresh else []
     if cache is not None and hit.any():
         parts.insert(0, cache[cache["path"].isin(listing.loc[hit, "path"])])

@@ -10,6 +10,8 @@ and runs ~1,200 views/s on a 2-core CPU; ``w=32`` is 3.7x slower there for no ga
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
@@ -148,3 +150,34 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def load_init(encoder: ResNetEncoder, init_path: str | Path) -> list[str]:
+    """Load starting weights into ``encoder``; returns notes on what was (not) loaded."""
+    spec, path = encoder.spec, Path(init_path)
+    if not path.is_file():
+        raise ValueError(f"{path}: pretrain.init weights file not found; download it first (nothing is "
+                         "downloaded at run time) or set pretrain.init: null")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a PyTorch weights file ({type(exc).__name__}); pass a state dict "
+                         "saved with torch.save") from exc
+    if isinstance(blob, dict) and "spec" in blob and "state_dict" in blob:
+        if EncoderSpec.from_dict(blob["spec"]) != spec:
+            raise ValueError(f"{path}: an encoder {blob['spec']} but the settings ask for {spec.to_dict()}; "
+                             "set pretrain.encoder/base_width/small_stem to match it")
+        encoder.load_state_dict(blob["state_dict"])
+        return [f"initialised from {path}"]
+    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict (name -> tensor); pass torchvision-format weights")
+    return [f"initialised from {path}", *load_torchvision_weights(encoder, state, str(path))]
+
+
+def load_encoder(path: str | Path) -> ResNetEncoder:
+    """Rebuild the encoder saved by ``pretrain_encoder`` (weights only, no pickled code)."""
+    blob: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    encoder = ResNetEncoder(EncoderSpec.from_dict(blob["spec"]))
+    encoder.load_state_dict(blob["state_dict"])
+    return encoder

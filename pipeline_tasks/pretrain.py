@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +27,7 @@ from pipeline_tasks.cache import BatchSource, open_images
 from pipeline_tasks.checkpoint import load_checkpoint, restore_rng, rng_state, save_atomic, save_checkpoint
 from pipeline_tasks.config import PretrainConfig
 from pipeline_tasks.methods import SSLMethod, build_method
-from pipeline_tasks.models import EncoderSpec, ResNetEncoder, load_torchvision_weights, resolve_device
+from pipeline_tasks.models import EncoderSpec, ResNetEncoder, load_init, resolve_device
 from pipeline_tasks.monitor import CollapseError, Progress, embed, knn_accuracy
 from pipeline_tasks.optim import build_optimizer, warmup_cosine
 from pipeline_tasks.preprocess import load_split
@@ -60,29 +59,6 @@ def build_encoder(cfg: PretrainConfig, channels: int, init_path: str | Path | No
                        small_stem=cfg.small_stem)
     encoder = ResNetEncoder(spec)
     return encoder, [] if init_path is None else load_init(encoder, init_path)
-
-
-def load_init(encoder: ResNetEncoder, init_path: str | Path) -> list[str]:
-    """Load starting weights into ``encoder``; returns notes on what was (not) loaded."""
-    spec, path = encoder.spec, Path(init_path)
-    if not path.is_file():
-        raise ValueError(f"{path}: pretrain.init weights file not found; download it first (nothing is "
-                         "downloaded at run time) or set pretrain.init: null")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: not a PyTorch weights file ({type(exc).__name__}); pass a state dict "
-                         "saved with torch.save") from exc
-    if isinstance(blob, dict) and "spec" in blob and "state_dict" in blob:
-        if EncoderSpec.from_dict(blob["spec"]) != spec:
-            raise ValueError(f"{path}: an encoder {blob['spec']} but the settings ask for {spec.to_dict()}; "
-                             "set pretrain.encoder/base_width/small_stem to match it")
-        encoder.load_state_dict(blob["state_dict"])
-        return [f"initialised from {path}"]
-    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict (name -> tensor); pass torchvision-format weights")
-    return [f"initialised from {path}", *load_torchvision_weights(encoder, state, str(path))]
 
 
 def _fingerprint(cfg: PretrainConfig, preprocessed_dir: Path, n: int, init: str | Path | None) -> str:
@@ -334,11 +310,3 @@ def save_view_grid(images: np.ndarray, views: tuple[ViewAugment, ViewAugment], p
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-
-
-def load_encoder(path: str | Path) -> ResNetEncoder:
-    """Rebuild the encoder saved by ``pretrain_encoder`` (weights only, no pickled code)."""
-    blob: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
-    encoder = ResNetEncoder(EncoderSpec.from_dict(blob["spec"]))
-    encoder.load_state_dict(blob["state_dict"])
-    return encoder

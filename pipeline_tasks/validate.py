@@ -23,11 +23,13 @@ from pipeline_tasks.pool import pool_copies
 __all__ = ["DataError", "ValidationRecord", "validate_data", "validate_manifest", "list_images"]
 MAX_OFFENDERS = 10
 POOL_PREFIX = "unlabeled pool: "  # how skipped pool files are named in the report
-FILE_COLUMNS = ("symlink_outside", "decodes", "format", "width", "height", "label_conflict")
+FILE_COLUMNS = ("symlink_outside", "bad_name", "decodes", "format", "width", "height", "label_conflict")
 
 # What to do about the rows each expectation flags, by column.
 _FIXES = {
     "symlink_outside": "replace these links with copies of the files, or remove them",
+    "bad_name": "rename these files (or folders) to UTF-8 names, e.g. `convmv -f latin1 -t utf8 -r --notest "
+                "DIR`; the data folder was not modified",
     "decodes": "these files are not readable images: replace them or move them out of the data folder",
     "format": "convert these files to an allowed format or extend validate.allowed_formats",
     "width": "these images are too small: remove them or lower validate.min_width",
@@ -59,10 +61,10 @@ def file_table(manifest: pd.DataFrame) -> pd.DataFrame:
     """The manifest as GX sees it: size and format are null for files that do not decode
     (GX skips nulls, so a broken file is reported once, under ``decodes``)."""
     ok = manifest["decodes"].astype(bool)
-    link = manifest["symlink_outside"].astype(bool)
+    refused = manifest["symlink_outside"].astype(bool) | manifest["bad_name"].astype(bool)
     labels_per_sha = manifest[manifest["sha256"] != ""].groupby("sha256")["label"].nunique()
     return manifest.assign(
-        decodes=manifest["decodes"].astype(object).where(~link),  # a refused link: reported once
+        decodes=manifest["decodes"].astype(object).where(~refused),  # never read: reported once
         format=manifest["format"].where(ok), width=manifest["width"].where(ok),
         height=manifest["height"].where(ok),
         label_conflict=manifest["sha256"].map(labels_per_sha).fillna(1).gt(1),
@@ -92,6 +94,7 @@ def _suites(cfg: ValidateConfig) -> dict[str, list[Any]]:
     def files() -> list[Any]:  # a fresh list per suite: GX binds expectations to their suite
         return [
             e.ExpectColumnValuesToBeInSet(column="symlink_outside", value_set=[False]),
+            e.ExpectColumnValuesToBeInSet(column="bad_name", value_set=[False]),
             e.ExpectColumnValuesToBeInSet(column="decodes", value_set=[True]),
             e.ExpectColumnValuesToBeInSet(column="format", value_set=list(cfg.allowed_formats)),
             e.ExpectColumnValuesToBeBetween(column="width", min_value=cfg.min_width),
@@ -151,7 +154,7 @@ def _describe(res: Any, table: pd.DataFrame) -> dict[str, Any]:
             offenders = [f"classes found: {sorted(table['label'])}"]
     else:
         rows = table.set_index("path")
-        detail = "error" if column in ("decodes", "symlink_outside") else column
+        detail = "error" if column in ("decodes", "symlink_outside", "bad_name") else column
         offenders = [f"{r['path']} ({detail}: {rows.at[r['path'], detail]})" for r in found]
     return {
         "expectation": conf.type, "column": column,

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +27,25 @@ TINY = [
     "finetune.epochs=2", "finetune.min_steps=10", "finetune.label_fraction=0.5",
     "finetune.batch_size=16", "finetune.device=cpu", "register.require_lift=false",
 ]
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_url(url: str, server: subprocess.Popen[bytes], seconds: float, why: Callable[[], str]) -> None:
+    """Wait until ``url`` answers; fail with ``why()`` if ``server`` exits or time runs out."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, f"{url} did not answer: {why()}"
+            time.sleep(1)
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,9 @@ from pipeline_tasks.cache import BatchSource
 from pipeline_tasks.config import PipelineConfig
 from pipeline_tasks.evaluate import evaluate_classifier
 from pipeline_tasks.finetune import finetune_classifier
+from pipeline_tasks.models import load_encoder
 from pipeline_tasks.preprocess import PreprocessRecord
-from pipeline_tasks.pretrain import load_encoder, pretrain_encoder
+from pipeline_tasks.pretrain import pretrain_encoder
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

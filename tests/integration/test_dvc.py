@@ -58,6 +58,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     _tiny_params(root / "params.yaml")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["finetune"]["lr"] = 0.003  # so that `dvc exp run -S finetune.lr=0.01` (the default) is a change
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copytree(tiny_data, root / "data")
     _sh(root, "git", "init", "-q")
     _sh(root, sys.executable, "-m", "dvc", "init", "-q")
@@ -100,13 +103,17 @@ def test_dvc_exp_run_never_moves_champion(repo: Path) -> None:
     (repo / ".gitignore").write_text("/mlflow.db\n/mlartifacts/\n/.cache/\n/data\n")
     _sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@e", "add", "-A")
     _sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "baseline")
-    out = _sh(repo, sys.executable, "-m", "dvc", "exp", "run", "-S", "finetune.lr=0.003", "-n", "lr-0.003")
+    out = _sh(repo, sys.executable, "-m", "dvc", "exp", "run", "-S", "finetune.lr=0.01", "-n", "lr-0.01")
     assert "Running stage 'finetune'" in out and "Running stage 'register'" in out, out
-    assert "lr-0.003" in _sh(repo, sys.executable, "-m", "dvc", "exp", "show", "--csv")
+    assert "lr-0.01" in _sh(repo, sys.executable, "-m", "dvc", "exp", "show", "--csv")
+    metrics = _sh(repo, sys.executable, "-m", "dvc", "metrics", "show")
+    assert "test_accuracy" in metrics and "lift_points" in metrics and "labels_used" in metrics
+    _sh(repo, sys.executable, "-m", "dvc", "plots", "show", "-o", str(repo / "dvc_plots"))
+    assert "confusion" in (repo / "dvc_plots" / "index.html").read_text()
     versions = client.search_model_versions("name = 'pretrainflow-classifier'")
     latest = max(versions, key=lambda v: int(v.version))
     assert str(client.get_model_version_by_alias("pretrainflow-classifier", "champion").version) == champion
-    assert int(latest.version) > int(champion) and "DVC experiment 'lr-0.003'" in latest.tags["gate_reason"]
+    assert int(latest.version) > int(champion) and "DVC experiment 'lr-0.01'" in latest.tags["gate_reason"]
 
 
 def test_import_ends_with_dvc_add(tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch,

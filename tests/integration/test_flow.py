@@ -7,10 +7,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from PIL import Image
 
 from flows.pipeline import pretrain_finetune
 from pipeline_tasks.datasets import write_builtin
-from tests.conftest import PARAMS, TINY
+from tests.conftest import PARAMS, TINY, free_port, wait_for_url
 
 pytestmark = pytest.mark.slow
 MODEL = "pretrainflow-classifier"
@@ -132,17 +130,41 @@ def test_second_run_is_cached_and_registers_nothing_new(first: dict[str, Any], w
                                                         tiny_data: Path) -> None:
     state = _flow(workspace, tiny_data)
     second = state.result()
-    assert len(_runs("pretrain")) == 1  # cached: no second pretraining run
+    assert all(len(_runs(s)) == 1 for s in ("preprocess", "pretrain", "finetune", "evaluate"))  # all cached
     assert second["test_accuracy"] == first["test_accuracy"]
     assert second["model_version"] == "1" and "identical" in second["gate"]
-    assert len(mlflow.MlflowClient().search_model_versions(f"name = '{MODEL}'")) == 1
+    client = mlflow.MlflowClient()
+    assert len(client.search_model_versions(f"name = '{MODEL}'")) == 1
+    # the new flow run still shows the numbers, and names the run that computed them
+    parent = client.get_run(second["mlflow_run_id"])
+    assert parent.data.metrics["test_accuracy"] == first["test_accuracy"]
+    assert parent.data.tags["cached_from_run"] == first["mlflow_run_id"]
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert "plots/confusion_matrix.png" in plots
+    from prefect.artifacts import Artifact
+
+    summary = Artifact.get("run-summary")
+    assert summary is not None and f"cached from run `{first['mlflow_run_id']}`" in summary.data
 
 
 def test_changing_finetune_params_reruns_finetune_only(first: dict[str, Any], workspace: Path,
                                                        tiny_data: Path) -> None:
-    before = len(_runs("finetune"))
+    before = {s: len(_runs(s)) for s in ("preprocess", "pretrain", "finetune", "evaluate", "register")}
     assert _flow(workspace, tiny_data, "finetune.lr=0.002").is_completed()
-    assert len(_runs("pretrain")) == 1 and len(_runs("finetune")) == before + 1
+    after = {s: len(_runs(s)) for s in before}
+    assert after == {**before, "finetune": before["finetune"] + 1, "evaluate": before["evaluate"] + 1,
+                     "register": before["register"] + 1}
+
+
+def test_an_edited_image_reruns_every_stage(workspace: Path, tiny_data: Path, tmp_path: Path) -> None:
+    data = Path(shutil.copytree(tiny_data, tmp_path / "data"))
+    extra = ("register.model_name=edited", "validate.min_images_per_class=5")
+    assert _flow(workspace, data, *extra).is_completed()
+    before = {s: len(_runs(s)) for s in ("preprocess", "pretrain", "finetune", "evaluate")}
+    image = sorted((data / "4").iterdir())[0]
+    Image.open(image).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(image)
+    assert _flow(workspace, data, *extra).is_completed()
+    assert {s: len(_runs(s)) for s in before} == {s: n + 1 for s, n in before.items()}
 
 
 def test_a_failure_after_registration_moves_no_alias(
@@ -167,9 +189,11 @@ def test_a_failure_after_registration_moves_no_alias(
 def test_deleted_output_is_rebuilt_not_trusted(first: dict[str, Any], workspace: Path,
                                                tiny_data: Path) -> None:
     encoder = workspace / "artifacts" / "pretrain" / "encoder.pt"
+    assert _flow(workspace, tiny_data).is_completed()
+    before = len(_runs("pretrain"))
     encoder.unlink()
     assert _flow(workspace, tiny_data).is_completed()
-    assert encoder.is_file() and len(_runs("pretrain")) == 2
+    assert encoder.is_file() and len(_runs("pretrain")) == before + 1
 
 
 def test_validation_failure_stops_before_training(workspace: Path, tiny_data: Path,
@@ -219,12 +243,6 @@ def test_pretraining_uses_the_pool_without_copies_of_labeled_images(
     assert summary["train_labels"] == n_train  # fine-tuning: the labeled images only
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _post(url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:
@@ -234,7 +252,7 @@ def _post(url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
 def test_mlflow_models_serve_answers_invocations(first: dict[str, Any], tiny_data: Path,
                                                  tmp_path: Path) -> None:
     """The champion behind `mlflow models serve`: base64 PNGs and pixel arrays in, labels out."""
-    port, log, bin_dir = _free_port(), tmp_path / "serve.log", Path(sys.executable).parent
+    port, log, bin_dir = free_port(), tmp_path / "serve.log", Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}  # it execs uvicorn
     with open(log, "wb") as sink:
         server = subprocess.Popen(
@@ -243,14 +261,7 @@ def test_mlflow_models_serve_answers_invocations(first: dict[str, Any], tiny_dat
             stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/ping", timeout=2).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-                time.sleep(1)
+        wait_for_url(f"{url}/ping", server, 120, lambda: log.read_text()[-3000:])
         files = sorted(tiny_data.glob("*/*.png"))[::12]
         expected = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict(
             pd.DataFrame({"image": [str(f) for f in files]}))

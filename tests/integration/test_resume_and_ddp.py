@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import torch
 from pipeline_tasks.checkpoint import LAST
 from pipeline_tasks.config import PipelineConfig
 from pipeline_tasks.preprocess import PreprocessRecord
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -79,12 +79,6 @@ def test_sigkill_after_a_checkpoint_then_resume(pre: PreprocessRecord, tiny_cfg:
     assert resumed["loss"] == _record(whole.stdout)["loss"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_torchrun_two_processes_match_one(pre: PreprocessRecord, tiny_cfg: PipelineConfig,
                                           tmp_path: Path) -> None:
     cfg = tiny_cfg.pretrain.model_copy(update={"epochs": 1, "batch_size": 32, "knn_every_epochs": 0})
@@ -92,7 +86,7 @@ def test_torchrun_two_processes_match_one(pre: PreprocessRecord, tiny_cfg: Pipel
     script.write_text(SCRIPT)
     args = [str(script), cfg.model_dump_json(), pre.out_dir]
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), *args,
+                          "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *args,
                           str(tmp_path / "ddp"), str(tmp_path / "ddp-ckpt")],
                          env=_env(), capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
@@ -130,7 +124,7 @@ def test_torchrun_runs_the_pretrain_stage_from_the_cli(tiny_data: Path, tmp_path
                               text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
     torchrun = [str(bin_dir / "torchrun"), "--no-python", "--nproc-per-node", "2",
-                "--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
+                "--master-addr", "127.0.0.1", "--master-port", str(free_port())]
     ddp = subprocess.run([*torchrun, "pretrainflow", "stage", "pretrain"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=600)
     assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]

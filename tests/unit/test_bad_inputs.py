@@ -83,6 +83,13 @@ def symlink_outside(d: Path) -> tuple[str, str]:
     return "8/link.png", "symlink_outside"
 
 
+def non_utf8_name(d: Path) -> tuple[str, str]:
+    """A Latin-1 name, as archives from other systems bring them: a good image, a bad name."""
+    with open(os.fsencode(d / "2") + b"/caf\xe9.png", "wb") as f:
+        f.write(_first(d, "2").read_bytes())
+    return "2/caf\\xe9.png", "bad_name"
+
+
 def missing_folder(d: Path) -> tuple[str, str]:
     shutil.rmtree(d)
     return str(d), "data folder not found"
@@ -96,7 +103,7 @@ def empty_folder(d: Path) -> tuple[str, str]:
 
 CASES: list[Callable[[Path], tuple[str, str]]] = [
     truncated_png, text_named_jpg, zero_byte_file, empty_class_folder, only_one_class, too_small,
-    same_image_two_labels, symlink_outside, missing_folder, empty_folder,
+    same_image_two_labels, symlink_outside, non_utf8_name, missing_folder, empty_folder,
 ]
 
 

@@ -1,11 +1,16 @@
 """Bad input a user can cause: one clear message, a non-zero exit, no traceback."""
 
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from flows.cli import main
-from tests.conftest import PARAMS
+from tests.conftest import PARAMS, REPO, free_port
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -57,3 +62,40 @@ def test_unreachable_mlflow_server(capsys: pytest.CaptureFixture[str], monkeypat
 def test_data_builtin_refuses_existing_folder(capsys: pytest.CaptureFixture[str], tiny_data: Path) -> None:
     code, err = _run(capsys, "data", "builtin", "mnist-5k", "--out", str(tiny_data))
     assert code == 1 and "refusing to overwrite" in err
+
+
+def test_python_dash_m_keeps_the_one_line_error() -> None:
+    # `python -m flows.cli` imports the module twice (__main__ and flows.cli): the error that the
+    # handlers raise must still be the one main() catches, not a traceback.
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--params", "params.yaml",
+                           "--set", "pretrain.epoch=2"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "pretrainflow run: error: invalid configuration (params.yaml + --set overrides): unknown key "
+        "'pretrain.epoch': check its spelling against params.yaml"]
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A port something else is listening on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("flag", ["--prefect-port", "--mlflow-port"])
+def test_ui_port_in_use(capsys: pytest.CaptureFixture[str], held_port: int, flag: str) -> None:
+    other = "--mlflow-port" if flag == "--prefect-port" else "--prefect-port"
+    started = time.monotonic()
+    code, err = _run(capsys, "ui", flag, str(held_port), other, str(free_port()))
+    # refused before any server starts: no minute-long wait, no server log, one line
+    assert code == 2 and time.monotonic() - started < 5 and len(err.strip().splitlines()) == 1
+    assert f"port {held_port} on 127.0.0.1 is already in use" in err and f"pass another {flag}" in err
+
+
+def test_ui_same_port_twice(capsys: pytest.CaptureFixture[str]) -> None:
+    port = str(free_port())
+    code, err = _run(capsys, "ui", "--prefect-port", port, "--mlflow-port", port)
+    assert code == 2 and "--prefect-port and --mlflow-port are both" in err

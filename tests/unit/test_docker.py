@@ -55,6 +55,11 @@ NOT_PASSED = {
     "RANK": "set by torchrun", "WORLD_SIZE": "set by torchrun", "LOCAL_RANK": "set by torchrun",
     "PRETRAINFLOW_DEVICE_CACHE_BYTES": "an optional override of pipeline_tasks/cache.py's image cache; "
                                        "its default (half the free GPU memory) suits the stack",
+    "TZ": "`pretrainflow serve`'s default schedule timezone; the stack deploys prefect.yaml, whose "
+          "schedule names its timezone",
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "`pretrainflow ui` (local servers) only; the stack runs its own",
+    "MLFLOW_DISABLE_TELEMETRY": "`pretrainflow ui` (local servers) only; the stack runs its own",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "flows/tracking.py sets it to false unless the user did",
 }
 # Names read by a library, and the installed distribution whose files must contain the name.
 LIBRARY_READERS = {

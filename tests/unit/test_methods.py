@@ -11,10 +11,10 @@ from pipeline_tasks.checkpoint import LAST
 from pipeline_tasks.config import PipelineConfig, PretrainConfig
 from pipeline_tasks.losses import byol_loss, vicreg_loss
 from pipeline_tasks.methods import build_method
-from pipeline_tasks.models import EncoderSpec, ResNetEncoder
+from pipeline_tasks.models import EncoderSpec, ResNetEncoder, load_encoder
 from pipeline_tasks.optim import LARS, param_groups
 from pipeline_tasks.preprocess import PreprocessRecord
-from pipeline_tasks.pretrain import load_encoder, pretrain_encoder
+from pipeline_tasks.pretrain import pretrain_encoder
 
 METHODS = ["simclr", "byol", "vicreg"]
 

@@ -11,9 +11,10 @@ from PIL import Image
 from pipeline_tasks.config import PipelineConfig
 from pipeline_tasks.evaluate import confusion_matrix, evaluate_classifier, macro_f1
 from pipeline_tasks.finetune import finetune_classifier, labeled_subset, load_classifier
+from pipeline_tasks.models import load_encoder
 from pipeline_tasks.optim import warmup_cosine
 from pipeline_tasks.preprocess import PreprocessRecord
-from pipeline_tasks.pretrain import load_encoder, pretrain_encoder
+from pipeline_tasks.pretrain import pretrain_encoder
 
 
 @pytest.fixture(scope="module")

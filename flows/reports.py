@@ -1,0 +1,87 @@
+"""What a run shows in the Prefect UI (markdown artifacts) and the links between the tools.
+
+Links are links only where the other tool is a server a browser can reach: an MLflow
+tracking server (``MLFLOW_TRACKING_URI=http...``), a Prefect server (``PREFECT_API_URL``).
+With the local defaults (sqlite, the ephemeral Prefect API) the ids are shown instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def mlflow_ui(tracking_uri: str) -> str | None:
+    """The MLflow UI's base URL, or None when the store is not a server (sqlite, files)."""
+    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else None
+
+
+def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    base = mlflow_ui(tracking_uri)
+    return f"[{run_id}]({base}/#/experiments/{experiment_id}/runs/{run_id})" if base else f"`{run_id}`"
+
+
+def model_link(tracking_uri: str, name: str, version: str) -> str:
+    base = mlflow_ui(tracking_uri)
+    text = f"{name} version {version}"
+    return f"[{text}]({base}/#/models/{name}/versions/{version})" if base else f"`{text}`"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, list | tuple):
+        return ", ".join(map(str, value)) or "none"
+    return str(value)
+
+
+def summary_markdown(summary: dict[str, Any], links: dict[str, str]) -> str:
+    """The ``run-summary`` artifact: the headline, the gate's decision, then every number
+    rounded, with the MLflow run and model version as links when MLflow is a server."""
+    lines = ["# pretrain-finetune", ""]
+    if isinstance(summary.get("lift_points"), float | int):
+        lines += [f"**Pretrained {summary['test_accuracy']:.4f} vs scratch "
+                  f"{summary['scratch_test_accuracy']:.4f}: {summary['lift_points']:+.2f} points** with "
+                  f"{summary['labels_used']} labels "
+                  f"({summary['train_labels']} training + {summary['val_labels']} validation), on "
+                  f"{summary['test_images']} test images.", ""]
+    lines += [f"**Registry:** {links['model']}; aliases after this run: {_fmt(summary['aliases'])}. "
+              f"Promotion gate: {summary['gate']}", "",
+              f"**MLflow run:** {links['run']}" + (f" (results cached from run {links['source']})"
+                                                  if links.get("source") else ""), "",
+              "| field | value |", "|---|---|"]
+    lines += [f"| {k} | {f'{v:+.2f}' if k.startswith('lift') and isinstance(v, float) else _fmt(v)} |"
+              for k, v in summary.items() if k not in ("gate", "aliases")]
+    return "\n".join(lines) + "\n"
+
+
+def validation_markdown(report: dict[str, Any]) -> str:
+    """The validation summary as the Prefect UI shows it: the verdict, then tables."""
+    verdict = "passed" if report["success"] else "**FAILED**"
+    lines = [f"# Data validation {verdict}", "",
+             "| images | classes | skipped | width (px) | height (px) | formats | modes |",
+             "|---|---|---|---|---|---|---|",
+             f"| {report['n_images']} | {report['n_classes']} | {report['n_skipped']} | "
+             f"{_span(report['width'])} | {_span(report['height'])} | {_counts(report['formats'])} | "
+             f"{_counts(report['modes'])} |", "", "| class | images |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in report["images_per_class"].items()]
+    pool = report.get("pool")
+    if pool:
+        lines += ["", "| unlabeled pool | images | kept | skipped | copies of labeled images removed |",
+                  "|---|---|---|---|---|",
+                  f"| {pool['dir']} | {pool['n_images']} | {pool['n_kept']} | {pool['n_skipped']} | "
+                  f"{len(pool['removed_copies'])} |"]
+    lines += ["", "| suite | expectation | column | result |", "|---|---|---|---|"]
+    lines += [f"| {e['suite']} | {e['expectation']} | {e['column']} | {'ok' if e['success'] else 'FAILED'} |"
+              for e in report["expectations"]]
+    for f in report["failures"]:
+        lines += ["", f"**{f['expectation']}** on `{f['column'] or 'the class table'}`: {f['fix']}", ""]
+        lines += [f"- `{o}`" for o in f["offending"]]
+    return "\n".join(lines)
+
+
+def _span(span: dict[str, int]) -> str:
+    return f"{span['min']}-{span['max']}" if span else "-"
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"
