@@ -95,8 +95,7 @@ def code_version() -> str:
 def validate_data_task(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> Any:
     """Never cached: it reads every file (unchanged ones from the manifest cache), and its
     digest is the data version downstream."""
-    report = paths.validation / "report.json"
-    report.unlink(missing_ok=True)  # whatever is there afterwards, this run wrote
+    report = paths.validation / "report.json"  # validate_data removes an earlier run's first
     try:
         return RUNNERS["validate"](cfg, paths, ctx)
     except DataError as exc:

@@ -205,6 +205,18 @@ def test_validation_failure_stops_before_training(workspace: Path, tiny_data: Pa
     assert "data validation failed" in state.message and "min_classes" in state.message
 
 
+def test_a_run_that_cannot_list_its_data_publishes_no_old_report(first: dict[str, Any], workspace: Path,
+                                                                 tmp_path: Path) -> None:
+    from prefect.artifacts import Artifact
+
+    assert (workspace / "artifacts" / "validation" / "report.json").is_file()  # the first run's
+    state = _flow(workspace, tmp_path / "missing")
+    assert state.is_failed() and "data folder not found" in state.message
+    assert not (workspace / "artifacts" / "validation" / "report.json").exists()
+    latest = Artifact.get("data-validation")
+    assert latest is not None and latest.flow_run_id != state.state_details.flow_run_id
+
+
 
 def test_pretraining_uses_the_pool_without_copies_of_labeled_images(
         workspace: Path, tiny_data: Path, tmp_path: Path) -> None:
