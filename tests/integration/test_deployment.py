@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,11 +26,19 @@ pytestmark = pytest.mark.slow
 
 
 def _api(base: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """One Prefect API call. A 503 is Prefect's "retry me" (e.g. its sqlite database was busy
+    with the serving process's writes): retried with backoff, as Prefect's own client does."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"{base}{path}", data, {"Content-Type": "application/json"},
-                                     method="GET" if body is None else "POST")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read() or "null")
+    for attempt in range(6):
+        request = urllib.request.Request(f"{base}{path}", data, {"Content-Type": "application/json"},
+                                         method="GET" if body is None else "POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read() or "null")
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or attempt == 5:
+                raise
+            time.sleep(2 ** attempt)
 
 
 def _wait(check: Any, seconds: float, what: str, procs: list[subprocess.Popen[bytes]], logs: Path) -> Any:
