@@ -56,10 +56,11 @@ def test_finetune_and_evaluate_on_cuda(pre: PreprocessRecord, tiny_cfg: Pipeline
                                        tmp_path: Path) -> None:
     pretrain_cfg = tiny_cfg.pretrain.model_copy(update={"device": "cuda"})
     enc = pretrain_encoder(pre.out_dir, pretrain_cfg, tmp_path / "pt")
-    cfg = tiny_cfg.finetune.model_copy(update={"device": "cuda"})
+    # enough steps to learn: on the CPU these settings give full 0.65-0.7, linear 0.4, scratch 0.85
+    cfg = tiny_cfg.finetune.model_copy(update={"device": "cuda", "min_steps": 150, "label_fraction": 1.0})
     for mode in ("full", "linear", "scratch"):
         rec = finetune_classifier(pre.out_dir, enc.encoder_path, pre.classes, cfg, tmp_path, mode=mode)
         ev = evaluate_classifier(pre.out_dir, rec.classifier_path,
                                  tiny_cfg.evaluate.model_copy(update={"device": "cuda"}),
                                  tmp_path / "m.json", tmp_path / "plots")
-        assert 0 <= ev.test_accuracy <= 1
+        assert ev.test_accuracy > (0.25 if mode == "linear" else 0.5), f"{mode}: {ev.test_accuracy}"

@@ -297,11 +297,11 @@ def test_the_encoder_is_registered_and_reused_as_a_starting_point(first: dict[st
         pd.DataFrame({"image": [str(f) for f in sorted(tiny_data.glob("3/*.png"))[:2]]}))
     assert len(embedded["embedding"][0]) == 64  # compact ResNet, base width 8
     state = _flow(workspace, tiny_data, "pretrain.init=models:/pretrainflow-encoder/1",
-                  "register.model_name=from-init")
+                  "register.model_name=from-init", "finetune.min_steps=150", "finetune.label_fraction=1.0")
     assert state.is_completed(), state.message
     summary = state.result()
     # fine-tuned from the starting weights directly: a second baseline beside scratch
-    assert 0 <= summary["init_test_accuracy"] <= 1
+    assert summary["init_test_accuracy"] > 0.4  # the second baseline learned too (chance 0.1)
     assert summary["lift_over_init_points"] == round(
         (summary["test_accuracy"] - summary["init_test_accuracy"]) * 100, 2)
     assert (workspace / "artifacts" / "finetune" / "init_baseline.pt").is_file()
