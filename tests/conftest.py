@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline_tasks.config import PipelineConfig, load_config
 from pipeline_tasks.datasets import write_builtin
@@ -27,6 +28,16 @@ TINY = [
     "finetune.epochs=2", "finetune.min_steps=10", "finetune.label_fraction=0.5",
     "finetune.batch_size=16", "finetune.device=cpu", "register.require_lift=false",
 ]
+
+
+def write_tiny_params(dest: Path, *extra: str) -> None:
+    """params.yaml with TINY (and ``extra``) written in, for a command run in a project copy."""
+    params = yaml.safe_load(PARAMS.read_text())
+    for item in [*TINY, *extra]:
+        key, value = item.split("=", 1)
+        section, field = key.split(".")
+        params[section][field] = yaml.safe_load(value)
+    dest.write_text(yaml.safe_dump(params))
 
 
 def free_port() -> int:

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.conftest import PARAMS, TINY, free_port
+from tests.conftest import free_port, write_tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -57,12 +56,7 @@ def _wait(check: Any, seconds: float, what: str, procs: list[subprocess.Popen[by
 
 @pytest.fixture
 def project(tmp_path: Path, tiny_data: Path) -> Path:
-    params = yaml.safe_load(PARAMS.read_text())
-    for item in TINY:
-        key, value = item.split("=")
-        section, field = key.split(".")
-        params[section][field] = yaml.safe_load(value)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_tiny_params(tmp_path / "params.yaml")
     shutil.copytree(tiny_data, tmp_path / "data")
     return tmp_path
 

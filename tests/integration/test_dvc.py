@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import PARAMS, REPO, TINY
+from tests.conftest import REPO, write_tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -23,15 +23,6 @@ def _sh(repo: Path, *cmd: str) -> str:
     proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
-
-
-def _tiny_params(dest: Path) -> None:
-    params = yaml.safe_load(PARAMS.read_text())
-    for item in TINY:
-        key, value = item.split("=")
-        section, field = key.split(".")
-        params[section][field] = yaml.safe_load(value)
-    dest.write_text(yaml.safe_dump(params))
 
 
 def _check_lineage(repo: Path) -> None:
@@ -57,10 +48,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
     for name in ("pipeline_tasks", "flows"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    _tiny_params(root / "params.yaml")
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["finetune"]["lr"] = 0.003  # so that `dvc exp run -S finetune.lr=0.01` (the default) is a change
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    # finetune.lr 0.003, so that `dvc exp run -S finetune.lr=0.01` (the default) is a change
+    write_tiny_params(root / "params.yaml", "finetune.lr=0.003")
     shutil.copytree(tiny_data, root / "data")
     _sh(root, "git", "init", "-q")
     _sh(root, sys.executable, "-m", "dvc", "init", "-q")

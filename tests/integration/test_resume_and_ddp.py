@@ -18,7 +18,7 @@ import torch
 from pipeline_tasks.checkpoint import LAST
 from pipeline_tasks.config import PipelineConfig
 from pipeline_tasks.preprocess import PreprocessRecord
-from tests.conftest import free_port
+from tests.conftest import free_port, write_tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -105,16 +105,8 @@ def test_torchrun_runs_the_pretrain_stage_from_the_cli(tiny_data: Path, tmp_path
     import shutil
 
     import mlflow
-    import yaml
 
-    from tests.conftest import PARAMS, TINY
-
-    params = yaml.safe_load(PARAMS.read_text())
-    for item in [*TINY, "pretrain.epochs=2"]:
-        key, value = item.split("=")
-        section, field = key.split(".")
-        params[section][field] = yaml.safe_load(value)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_tiny_params(tmp_path / "params.yaml", "pretrain.epochs=2")
     shutil.copytree(tiny_data, tmp_path / "data")
     bin_dir = Path(sys.executable).parent
     env = {**_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",

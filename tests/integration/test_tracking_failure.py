@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import PARAMS, TINY, free_port, wait_for_url
+from tests.conftest import free_port, wait_for_url, write_tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -21,12 +20,8 @@ pytestmark = pytest.mark.slow
 def test_a_stopped_tracking_server_ends_the_run_cleanly(tmp_path: Path, tiny_data: Path) -> None:
     import mlflow
 
-    params = yaml.safe_load(PARAMS.read_text())
-    for item in [*TINY, "pretrain.epochs=60"]:  # long enough to stop the server in the middle
-        key, value = item.split("=")
-        section, field = key.split(".")
-        params[section][field] = yaml.safe_load(value)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    # 60 epochs: long enough to stop the server in the middle
+    write_tiny_params(tmp_path / "params.yaml", "pretrain.epochs=60")
     shutil.copytree(tiny_data, tmp_path / "data")
     bin_dir, port = Path(sys.executable).parent, free_port()
     uri, store = f"http://127.0.0.1:{port}", f"sqlite:///{tmp_path}/server.db"
