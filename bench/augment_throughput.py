@@ -32,7 +32,7 @@ from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline_tasks.augment import ViewAugment, view_pair  # noqa: E402
+from pipeline_tasks.ssl.views import ViewAugment, view_pair  # noqa: E402
 
 
 class PILImages(Dataset[torch.Tensor]):

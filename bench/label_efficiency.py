@@ -33,11 +33,11 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline_tasks.config import load_config  # noqa: E402
-from pipeline_tasks.datasets import load_mnist_5k  # noqa: E402
-from pipeline_tasks.importers import find_idx_pairs, read_idx  # noqa: E402
-from pipeline_tasks.preprocess import save_split  # noqa: E402
-from pipeline_tasks.pretrain import pretrain_encoder  # noqa: E402
-from pipeline_tasks.sweep import label_sweep, summarize  # noqa: E402
+from pipeline_tasks.data.cache import save_split  # noqa: E402
+from pipeline_tasks.data.datasets import load_mnist_5k  # noqa: E402
+from pipeline_tasks.data.importers import find_idx_pairs, read_idx  # noqa: E402
+from pipeline_tasks.evaluation.sweep import label_sweep, summarize  # noqa: E402
+from pipeline_tasks.ssl.trainer import pretrain_encoder  # noqa: E402
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 REPO = Path(__file__).resolve().parents[1]

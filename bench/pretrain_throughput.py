@@ -27,9 +27,9 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline_tasks.config import PretrainConfig  # noqa: E402
-from pipeline_tasks.models import EncoderSpec, ResNetEncoder  # noqa: E402
-from pipeline_tasks.preprocess import save_split  # noqa: E402
-from pipeline_tasks.pretrain import pretrain_encoder  # noqa: E402
+from pipeline_tasks.data.cache import save_split  # noqa: E402
+from pipeline_tasks.models.encoders import EncoderSpec, ResNetEncoder  # noqa: E402
+from pipeline_tasks.ssl.trainer import pretrain_encoder  # noqa: E402
 
 
 def flops_per_view(cfg: PretrainConfig, channels: int, size: int) -> float:

@@ -32,12 +32,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline_tasks.config import PipelineConfig, load_config  # noqa: E402
-from pipeline_tasks.finetune import labeled_subset, stratified_subset  # noqa: E402
-from pipeline_tasks.manifest import build_manifest, class_folders  # noqa: E402
-from pipeline_tasks.preprocess import load_split, preprocess_data  # noqa: E402
-from pipeline_tasks.pretrain import pretrain_encoder  # noqa: E402
-from pipeline_tasks.sweep import label_sweep, summarize  # noqa: E402
-from pipeline_tasks.validate import validate_manifest  # noqa: E402
+from pipeline_tasks.data.cache import load_split  # noqa: E402
+from pipeline_tasks.data.listing import class_folders  # noqa: E402
+from pipeline_tasks.data.manifest import build_manifest  # noqa: E402
+from pipeline_tasks.data.preprocess import preprocess_data  # noqa: E402
+from pipeline_tasks.data.validate import validate_manifest  # noqa: E402
+from pipeline_tasks.evaluation.sweep import label_sweep, summarize  # noqa: E402
+from pipeline_tasks.finetune.subsets import labeled_subset, stratified_subset  # noqa: E402
+from pipeline_tasks.ssl.trainer import pretrain_encoder  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RGB = ["data.image_size=32", "data.channels=3", "pretrain.augment=simclr", "finetune.augment=natural",

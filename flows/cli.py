@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from flows import graph
 from flows.errors import UserError
 
 # Before prefect is imported: no analytics calls offline, and the stages' epoch logs shown.
@@ -65,8 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-cache", action="store_true", help="rerun every stage, ignoring Prefect's cache")
 
     stage = sub.add_parser("stage", help="run one stage (what dvc.yaml calls)")
-    stage.add_argument("name", choices=["validate", "preprocess", "pretrain", "finetune", "evaluate",
-                                        "register"])
+    stage.add_argument("name", choices=graph.NAMES)
     _params_arg(stage)
 
     data = sub.add_parser("data", help="create or import the image folder")

@@ -18,18 +18,18 @@ from flows.dvc import (
 )
 from flows.errors import UserError, print_summary
 from flows.tracking import TrackingError, lineage_tags, setup_tracking
-from pipeline_tasks import distributed
 from pipeline_tasks.config import ConfigError, PipelineConfig, load_config
-from pipeline_tasks.datasets import UNLABELED, DatasetError, write_builtin
-from pipeline_tasks.importers import (
+from pipeline_tasks.data.datasets import UNLABELED, write_builtin
+from pipeline_tasks.data.errors import DataError, DatasetError
+from pipeline_tasks.data.importers import (
     IMAGE_SUFFIXES,
     find_idx_pairs,
     import_folder,
     import_idx,
     import_unlabeled,
 )
-from pipeline_tasks.manifest import list_pool
-from pipeline_tasks.validate import DataError, list_images
+from pipeline_tasks.data.listing import list_images, list_pool
+from pipeline_tasks.ssl import distributed
 
 
 def _config(args: argparse.Namespace, data_dir: str | None = None) -> PipelineConfig:

@@ -27,33 +27,20 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
-import pipeline_tasks
+from flows import graph
 from flows.registry import RegisterRecord, apply_decision
 from flows.reports import mlflow_ui, model_link, run_link, summary_markdown, validation_markdown
 from flows.stages import RUNNERS, ArtifactPaths, RunContext, run_register
 from flows.tracking import lineage_tags, setup_tracking
 from pipeline_tasks.config import PipelineConfig, load_config
-from pipeline_tasks.validate import DataError, ValidationRecord
+from pipeline_tasks.data.errors import DataError
+from pipeline_tasks.data.validate import ValidationRecord
 
-# cfg and ctx are excluded from the key: cfg enters through `key` (only the sections the stage
+# cfg and ctx are excluded from the key: cfg enters through `key` (only the params the stage
 # reads) and ctx holds the MLflow parent run id, which is new every run.
 CACHE_POLICY = (INPUTS - "cfg" - "ctx") + TASK_SOURCE
-
-# (params sections read, files whose sha256 proves the outputs are still the cached ones;
-# those that a stage writes only sometimes, like the scratch baseline, are checked when present)
-STAGE_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "preprocess": (("data", "preprocess"), (*(f"preprocessed/{s}_{kind}.npy" for s in ("train", "val", "test")
-                                              for kind in ("images", "labels")),
-                                            "preprocessed/pool_images.npy", "preprocessed/classes.json",
-                                            "preprocessed/splits.json")),
-    "pretrain": (("pretrain",), ("pretrain/encoder.pt",)),
-    "finetune": (("finetune",), ("finetune/classifier.pt", "finetune/baseline.pt",
-                                 "finetune/init_baseline.pt", "finetune/summary.json")),
-    "evaluate": (("evaluate",), ("metrics.json", "plots/confusion_matrix.png")),
-}
-
-TASK_NAMES = {"preprocess": "preprocess-data", "pretrain": "pretrain-encoder",
-              "finetune": "finetune-classifier", "evaluate": "evaluate-classifier"}
+# The stages between the gate and the registry, in the graph's order: cached Prefect tasks.
+COMPUTE_STAGES = tuple(n for n in graph.NAMES if n not in ("validate", "register"))
 
 
 @dataclass(frozen=True)
@@ -77,21 +64,7 @@ def _intact(result: StageResult) -> bool:
     return all(Path(p).is_file() and _sha256(Path(p)) == digest for p, digest in result.outputs)
 
 
-# The flows/ code a stage runs (the stage runners and what they call); with pipeline_tasks/ it
-# enters every cache key, so editing either reruns the stages.
-STAGE_CODE = ("stages.py", "registry.py", "gate.py", "tracking.py", "pyfunc_model.py")
-
-
-def code_version() -> str:
-    """Hash of the stage code, so editing pipeline_tasks/ or a stage runner invalidates the cache."""
-    h = hashlib.sha256()
-    here = Path(__file__).parent
-    for src in [*sorted(Path(pipeline_tasks.__file__).parent.glob("*.py")), *(here / f for f in STAGE_CODE)]:
-        h.update(src.read_bytes())
-    return h.hexdigest()[:16]
-
-
-@task(name="validate-data")
+@task(name=graph.BY_NAME["validate"].task)
 def validate_data_task(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> Any:
     """Never cached: it reads every file (unchanged ones from the manifest cache), and its
     digest is the data version downstream."""
@@ -111,7 +84,7 @@ def stage_task(stage: str, key: str, upstream: tuple[Any, ...], cfg: PipelineCon
                paths: ArtifactPaths, ctx: RunContext) -> StageResult:
     """Deterministic compute: cached, never retried (a retry would compute the same failure)."""
     record = RUNNERS[stage](cfg, paths, ctx)
-    files = [paths.root / f for f in STAGE_KEYS[stage][1]]
+    files = [paths.root / Path(f).relative_to(graph.ARTIFACTS) for f in graph.BY_NAME[stage].proof]
     return StageResult(stage, record, tuple((str(f), _sha256(f)) for f in files if f.is_file()),
                        ctx.parent_run_id)
 
@@ -121,7 +94,7 @@ def stage_task(stage: str, key: str, upstream: tuple[Any, ...], cfg: PipelineCon
 SERVICE_RETRIES = {"retries": 2, "retry_delay_seconds": [5, 20]}
 
 
-@task(name="register-model", **SERVICE_RETRIES)
+@task(name=graph.BY_NAME["register"].task, **SERVICE_RETRIES)
 def register_task(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext,
                   evaluated: StageResult) -> RegisterRecord:
     """Register and decide; the aliases move in `move-aliases`, after everything else."""
@@ -136,9 +109,10 @@ def move_aliases_task(record: RegisterRecord, paths: ArtifactPaths) -> RegisterR
 
 
 def _run_stage(stage: str, upstream: tuple[Any, ...], cfg: PipelineConfig, paths: ArtifactPaths,
-               ctx: RunContext, code: str, no_cache: bool) -> StageResult:
-    key = f"{stage}:{cfg.section_digest(*STAGE_KEYS[stage][0])}:{code}"
-    name = TASK_NAMES[stage]
+               ctx: RunContext, no_cache: bool) -> StageResult:
+    """One cached stage; its key: the params it reads (as dvc.yaml lists them) and its code."""
+    key = f"{stage}:{cfg.section_digest(*graph.BY_NAME[stage].params)}:{graph.code_digest(stage)}"
+    name = graph.BY_NAME[stage].task
     run = stage_task.with_options(name=name, refresh_cache=no_cache)
     result = run(stage, key, upstream, cfg, paths, ctx)
     if not _intact(result):
@@ -240,10 +214,10 @@ def _train_and_register(validated: ValidationRecord, cfg: PipelineConfig, paths:
     MLflow run that computed them."""
     ctx = RunContext(ctx.experiment_id, ctx.parent_run_id,
                      {**ctx.tags, "data_images": str(validated.n_images)})
-    code, upstream = code_version(), (validated.data_digest,)
+    upstream: tuple[Any, ...] = (validated.data_digest,)
     results = {}
-    for stage in ("preprocess", "pretrain", "finetune", "evaluate"):
-        results[stage] = _run_stage(stage, upstream, cfg, paths, ctx, code, no_cache)
+    for stage in COMPUTE_STAGES:
+        results[stage] = _run_stage(stage, upstream, cfg, paths, ctx, no_cache)
         upstream = (*upstream, results[stage].outputs)
     source = results["evaluate"].mlflow_run_id
     source = source if source != ctx.parent_run_id else None

@@ -30,8 +30,8 @@ class ImageModel(PythonModel):
     def load_context(self, context: Any) -> None:
         import json
 
-        from pipeline_tasks.finetune import classifier_recipe, load_classifier
-        from pipeline_tasks.models import load_encoder
+        from pipeline_tasks.models.classifier import classifier_recipe, load_classifier
+        from pipeline_tasks.models.weights import load_encoder
 
         if "classifier" in context.artifacts:
             path = context.artifacts["classifier"]
@@ -46,8 +46,8 @@ class ImageModel(PythonModel):
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
         # TypeFromExample: the input is what the logged example is (a DataFrame with a column
         # `image`), so MLflow neither invents a second schema from the hint nor warns.
-        from pipeline_tasks.finetune import predict_logits
-        from pipeline_tasks.inputs import prepare_batch
+        from pipeline_tasks.data.inputs import prepare_batch
+        from pipeline_tasks.models.inference import predict_logits
 
         r = self.recipe
         batch = torch.from_numpy(prepare_batch(model_input, r["image_size"], r["channels"],

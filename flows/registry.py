@@ -29,7 +29,7 @@ from mlflow.types.schema import AnyType
 import pipeline_tasks
 from flows.gate import Decision, Scored, decide
 from pipeline_tasks.config import PipelineConfig
-from pipeline_tasks.preprocess import load_split
+from pipeline_tasks.data.cache import load_split
 
 # Pinned like pyproject.toml: naming them saves MLflow ~10 s of requirement inference.
 PIP_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "numpy", "pandas", "pillow"]
@@ -139,7 +139,7 @@ def _scored(version: Any, metric: str) -> Scored:
 
 def rescore(model_uri: str, preprocessed_dir: Path, classes: list[str], metric: str) -> float:
     """``metric`` of a registered model on this run's test split, through its own pyfunc."""
-    from pipeline_tasks.evaluate import confusion_matrix, macro_f1  # noqa: PLC0415
+    from pipeline_tasks.evaluation.metrics import confusion_matrix, macro_f1  # noqa: PLC0415
 
     try:
         model = mlflow.pyfunc.load_model(model_uri)

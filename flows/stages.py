@@ -17,15 +17,17 @@ from typing import Any
 
 import mlflow
 
+from flows import graph
 from flows.registry import RegisterRecord, apply_decision, download_encoder, register_encoder, register_model
 from flows.tracking import log_dataset, mlflow_log_metrics, stage_run
-from pipeline_tasks import distributed
 from pipeline_tasks.config import PipelineConfig
-from pipeline_tasks.evaluate import EvaluateRecord, evaluate_classifier
-from pipeline_tasks.finetune import FinetuneRecord, finetune_classifier
-from pipeline_tasks.preprocess import PreprocessRecord, preprocess_data
-from pipeline_tasks.pretrain import PretrainRecord, pretrain_encoder
-from pipeline_tasks.validate import DataError, ValidationRecord, validate_data
+from pipeline_tasks.data.errors import DataError
+from pipeline_tasks.data.preprocess import PreprocessRecord, preprocess_data
+from pipeline_tasks.data.validate import ValidationRecord, validate_data
+from pipeline_tasks.evaluation.evaluate import EvaluateRecord, evaluate_classifier
+from pipeline_tasks.finetune.train import FinetuneRecord, finetune_classifier
+from pipeline_tasks.ssl import distributed
+from pipeline_tasks.ssl.trainer import PretrainRecord, pretrain_encoder
 
 MANIFEST_CACHE_DIR = Path(".cache")
 
@@ -231,6 +233,4 @@ def run_register(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext,
 
 
 RUNNERS: dict[str, Callable[[PipelineConfig, ArtifactPaths, RunContext], Any]] = {
-    "validate": run_validate, "preprocess": run_preprocess, "pretrain": run_pretrain,
-    "finetune": run_finetune, "evaluate": run_evaluate, "register": run_register,
-}
+    name: globals()[f"run_{name}"] for name in graph.NAMES}

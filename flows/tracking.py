@@ -15,17 +15,11 @@ from typing import Any
 import mlflow
 import yaml
 
+from flows import graph
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # What the MLflow 3 UI reads to open an experiment on its training runs, not on a GenAI traces page.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-STAGE_DESCRIPTIONS = {
-    "validate": "Great Expectations gate on the labeled images and the unlabeled pool",
-    "preprocess": "stratified splits and the uint8 image cache",
-    "pretrain": "self-supervised pretraining of the encoder (labels unused)",
-    "finetune": "fine-tuning on the labeled subset, and the from-scratch baseline",
-    "evaluate": "scores on the held-out test split",
-    "register": "model registry: new version and the promotion gate's decision",
-}
 LogMetrics = Callable[[dict[str, float], int], None]
 
 
@@ -134,7 +128,7 @@ def stage_run(stage: str, experiment_id: str, parent_run_id: str | None,
     """An MLflow run for one stage, nested under the flow's run when there is one."""
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=stage, nested=parent_run_id is not None,
-        parent_run_id=parent_run_id, description=STAGE_DESCRIPTIONS.get(stage),
+        parent_run_id=parent_run_id, description=graph.BY_NAME[stage].description,
         tags={"pretrainflow.stage": stage, **tags},
     ) as run:
         if params:

@@ -181,8 +181,13 @@ class PipelineConfig(_Section):
         return dict(self.model_dump(by_alias=True)[name])
 
     def section_digest(self, *names: str) -> str:
-        """Short stable hash of the named sections: part of every cache key."""
-        blob = json.dumps({n: self.section(n) for n in names}, sort_keys=True)
+        """Short stable hash of the named sections, or single keys as ``section.key`` (as
+        ``dvc.yaml`` lists a stage's params): part of every cache key."""
+        def value(name: str) -> Any:
+            section, _, key = name.partition(".")
+            return self.section(section)[key] if key else self.section(section)
+
+        blob = json.dumps({n: value(n) for n in names}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def flat(self) -> dict[str, Any]:

@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from pipeline_tasks.config import PipelineConfig, load_config
-from pipeline_tasks.datasets import write_builtin
-from pipeline_tasks.manifest import build_manifest
-from pipeline_tasks.preprocess import PreprocessRecord, preprocess_data
+from pipeline_tasks.data.datasets import write_builtin
+from pipeline_tasks.data.manifest import build_manifest
+from pipeline_tasks.data.preprocess import PreprocessRecord, preprocess_data
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"

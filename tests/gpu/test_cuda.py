@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline_tasks.augment import ViewAugment
-from pipeline_tasks.cache import BatchSource
 from pipeline_tasks.config import PipelineConfig
-from pipeline_tasks.evaluate import evaluate_classifier
-from pipeline_tasks.finetune import finetune_classifier
-from pipeline_tasks.models import load_encoder
-from pipeline_tasks.preprocess import PreprocessRecord
-from pipeline_tasks.pretrain import pretrain_encoder
+from pipeline_tasks.data.batches import BatchSource
+from pipeline_tasks.data.preprocess import PreprocessRecord
+from pipeline_tasks.evaluation.evaluate import evaluate_classifier
+from pipeline_tasks.finetune.train import finetune_classifier
+from pipeline_tasks.models.weights import load_encoder
+from pipeline_tasks.ssl.trainer import pretrain_encoder
+from pipeline_tasks.ssl.views import ViewAugment
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from flows.pipeline import pretrain_finetune
-from pipeline_tasks.datasets import write_builtin
+from pipeline_tasks.data.datasets import write_builtin
 from tests.conftest import PARAMS, TINY, free_port, wait_for_url
 
 pytestmark = pytest.mark.slow

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from pipeline_tasks.config import load_config
-from pipeline_tasks.datasets import write_builtin
-from pipeline_tasks.manifest import build_manifest
-from pipeline_tasks.preprocess import preprocess_data
-from pipeline_tasks.pretrain import pretrain_encoder
-from pipeline_tasks.sweep import label_sweep, summarize
+from pipeline_tasks.data.datasets import write_builtin
+from pipeline_tasks.data.manifest import build_manifest
+from pipeline_tasks.data.preprocess import preprocess_data
+from pipeline_tasks.evaluation.sweep import label_sweep, summarize
+from pipeline_tasks.ssl.trainer import pretrain_encoder
 from tests.conftest import PARAMS
 
 pytestmark = pytest.mark.slow

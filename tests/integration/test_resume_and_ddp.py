@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import torch
 
-from pipeline_tasks.checkpoint import LAST
 from pipeline_tasks.config import PipelineConfig
-from pipeline_tasks.preprocess import PreprocessRecord
+from pipeline_tasks.data.preprocess import PreprocessRecord
+from pipeline_tasks.ssl.checkpoint import LAST
 from tests.conftest import free_port, write_tiny_params
 
 pytestmark = pytest.mark.slow
@@ -26,7 +26,7 @@ SCRIPT = '''
 import json, logging, os, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
 from pipeline_tasks.config import PretrainConfig
-from pipeline_tasks.pretrain import pretrain_encoder
+from pipeline_tasks.ssl.trainer import pretrain_encoder
 losses = {}
 cfg = PretrainConfig.model_validate_json(sys.argv[1])
 rec = pretrain_encoder(sys.argv[2], cfg, sys.argv[3], checkpoint_dir=sys.argv[4],

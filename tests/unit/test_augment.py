@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from pipeline_tasks.augment import ViewAugment, to_float
+from pipeline_tasks.models.inference import to_float
+from pipeline_tasks.ssl.views import ViewAugment
 
 
 def _batch(n: int = 8) -> torch.Tensor:
@@ -54,7 +55,7 @@ ONLY_COLOUR = dict(crop_scale_min=1.0, rotation_degrees=0, brightness=0, contras
 
 
 def test_hue_rotation_is_exact_on_primaries_and_identity_at_zero() -> None:
-    from pipeline_tasks.augment import _shift_hue
+    from pipeline_tasks.ssl.views import _shift_hue
 
     red = torch.zeros(1, 3, 2, 2)
     red[:, 0] = 1.0
@@ -86,7 +87,7 @@ def test_colour_parameters_are_drawn_per_image() -> None:
 
 
 def test_presets_and_overrides() -> None:
-    from pipeline_tasks.augment import view_pair
+    from pipeline_tasks.ssl.views import view_pair
 
     first, second = view_pair("byol")
     assert (first.blur_prob, second.blur_prob, second.solarize_prob) == (1.0, 0.1, 0.2)

@@ -174,10 +174,11 @@ def _mixed_folder(root: Path) -> Path:
 
 def test_mixed_modes_sizes_and_names_validate_and_train(tmp_path: Path) -> None:
     from pipeline_tasks.config import load_config
-    from pipeline_tasks.finetune import finetune_classifier
-    from pipeline_tasks.preprocess import load_split, preprocess_data
-    from pipeline_tasks.pretrain import pretrain_encoder
-    from pipeline_tasks.validate import validate_data
+    from pipeline_tasks.data.cache import load_split
+    from pipeline_tasks.data.preprocess import preprocess_data
+    from pipeline_tasks.data.validate import validate_data
+    from pipeline_tasks.finetune.train import finetune_classifier
+    from pipeline_tasks.ssl.trainer import pretrain_encoder
 
     data = _mixed_folder(tmp_path / "data")
     before = _snapshot(data)

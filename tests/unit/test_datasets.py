@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_tasks.datasets import DatasetError, load_mnist_5k, write_builtin
+from pipeline_tasks.data.datasets import load_mnist_5k, write_builtin
+from pipeline_tasks.data.errors import DatasetError
 
 
 def _digests(root: Path) -> dict[str, str]:

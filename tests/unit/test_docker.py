@@ -34,6 +34,8 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
+from flows import graph
+
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 DATA = REPO / "tests" / "data" / "docker"
@@ -53,7 +55,8 @@ NOT_PASSED = {
     "MLFLOW_EXPERIMENT_NAME": "only `pretrainflow predict` reads it, with a default",
     "DVC_EXP_NAME": "set by `dvc exp run` for its stages, never by the stack",
     "RANK": "set by torchrun", "WORLD_SIZE": "set by torchrun", "LOCAL_RANK": "set by torchrun",
-    "PRETRAINFLOW_DEVICE_CACHE_BYTES": "an optional override of pipeline_tasks/cache.py's image cache; "
+    "PRETRAINFLOW_DEVICE_CACHE_BYTES": "an optional override of the image cache's device budget "
+                                       "(pipeline_tasks/data/batches.py); "
                                        "its default (half the free GPU memory) suits the stack",
     "TZ": "`pretrainflow serve`'s default schedule timezone; the stack deploys prefect.yaml, whose "
           "schedule names its timezone",
@@ -275,7 +278,7 @@ def code_reads() -> dict[str, set[str]]:
     """Variable name -> files of flows/ and pipeline_tasks/ that read it through os.environ or
     os.getenv; a name that is not a string literal fails (nobody could check it)."""
     reads: dict[str, set[str]] = {}
-    for path in sorted([*(REPO / "flows").glob("*.py"), *(REPO / "pipeline_tasks").glob("*.py")]):
+    for path in sorted([*(REPO / "flows").glob("*.py"), *(REPO / "pipeline_tasks").rglob("*.py")]):
         for node in ast.walk(ast.parse(path.read_text())):
             key = None
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
@@ -798,12 +801,12 @@ def test_multigpu_runs_the_stages_with_torchrun(tmp_path: Path, nnodes: str, nod
     assert proc.returncode == 0, proc.stderr
     calls = [c for c in (tmp_path / "calls.log").read_text().splitlines() if not c.startswith("MLFLOW")]
     tracking = {c for c in (tmp_path / "calls.log").read_text().splitlines() if c.startswith("MLFLOW")}
-    expected = ["pretrainflow-pull-data ", "pretrainflow stage validate --set pretrain.epochs=3",
-                "pretrainflow stage preprocess --set pretrain.epochs=3",
+    split = graph.NAMES.index("pretrain")  # before it on every node, after it on node 0 only
+    expected = ["pretrainflow-pull-data ",
+                *(f"pretrainflow stage {s} --set pretrain.epochs=3" for s in graph.NAMES[:split]),
                 f"torchrun --no-python {launch} pretrainflow stage pretrain --set pretrain.epochs=3"]
     if finishes:
-        expected += [f"pretrainflow stage {s} --set pretrain.epochs=3"
-                     for s in ("finetune", "evaluate", "register")]
+        expected += [f"pretrainflow stage {s} --set pretrain.epochs=3" for s in graph.NAMES[split + 1:]]
     assert calls == expected
     assert tracking == {"MLFLOW_TRACKING_URI=" + ("http://mlflow:5000" if finishes else "unset")}
 

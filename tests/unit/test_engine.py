@@ -10,12 +10,13 @@ import torch
 import torchvision
 from PIL import Image
 
-from pipeline_tasks.cache import BatchSource, decode_into
 from pipeline_tasks.config import PretrainConfig
-from pipeline_tasks.models import EncoderSpec, ResNetEncoder
-from pipeline_tasks.monitor import knn_accuracy
-from pipeline_tasks.preprocess import prepare_image
-from pipeline_tasks.pretrain import build_encoder
+from pipeline_tasks.data.batches import BatchSource
+from pipeline_tasks.data.cache import decode_into
+from pipeline_tasks.data.decode import prepare_image
+from pipeline_tasks.models.encoders import EncoderSpec, ResNetEncoder
+from pipeline_tasks.ssl.monitors import knn_accuracy
+from pipeline_tasks.ssl.trainer import build_encoder
 
 
 @pytest.mark.parametrize(("arch", "dim"), [("resnet18", 512), ("resnet50", 2048)])

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline_tasks.datasets import DatasetError
-from pipeline_tasks.importers import ImportSummary, find_idx_pairs, import_folder, import_idx, read_idx
+from pipeline_tasks.data.errors import DatasetError
+from pipeline_tasks.data.importers import ImportSummary, find_idx_pairs, import_folder, import_idx, read_idx
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 _CODES = {np.dtype("uint8"): 0x08, np.dtype("int8"): 0x09, np.dtype("int16"): 0x0B,
@@ -299,7 +299,7 @@ def test_import_folder_is_atomic_on_error(tmp_path: Path, monkeypatch: pytest.Mo
             raise OSError("disk full")
         b.write_bytes(a.read_bytes())
 
-    monkeypatch.setattr("pipeline_tasks.importers.shutil.copy2", failing_copy)
+    monkeypatch.setattr("pipeline_tasks.data.importers.shutil.copy2", failing_copy)
     with pytest.raises(OSError, match="disk full"):
         import_folder(src, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outside", "src"]

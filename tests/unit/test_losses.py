@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pipeline_tasks.losses import nt_xent
+from pipeline_tasks.ssl.losses import nt_xent
 
 
 def test_twenty_steps_make_the_loss_go_down() -> None:

@@ -7,14 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline_tasks.checkpoint import LAST
 from pipeline_tasks.config import PipelineConfig, PretrainConfig
-from pipeline_tasks.losses import byol_loss, vicreg_loss
-from pipeline_tasks.methods import build_method
-from pipeline_tasks.models import EncoderSpec, ResNetEncoder, load_encoder
-from pipeline_tasks.optim import LARS, param_groups
-from pipeline_tasks.preprocess import PreprocessRecord
-from pipeline_tasks.pretrain import pretrain_encoder
+from pipeline_tasks.data.preprocess import PreprocessRecord
+from pipeline_tasks.models.encoders import EncoderSpec, ResNetEncoder
+from pipeline_tasks.models.weights import load_encoder
+from pipeline_tasks.ssl.checkpoint import LAST
+from pipeline_tasks.ssl.losses import byol_loss, vicreg_loss
+from pipeline_tasks.ssl.methods import build_method
+from pipeline_tasks.ssl.optim import LARS, param_groups
+from pipeline_tasks.ssl.trainer import pretrain_encoder
 
 METHODS = ["simclr", "byol", "vicreg"]
 
@@ -93,8 +94,8 @@ def test_one_epoch_on_tiny_data_writes_encoder_and_checkpoint(
 def test_collapse_stops_the_run_with_a_clear_message(pre: PreprocessRecord, tiny_cfg: PipelineConfig,
                                                      tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline_tasks import methods
-    from pipeline_tasks.monitor import CollapseError, spread
+    from pipeline_tasks.ssl import methods
+    from pipeline_tasks.ssl.monitors import CollapseError, spread
 
     assert float(spread(torch.ones(16, 8))) == 0.0 and 0.8 < float(spread(torch.randn(512, 64))) < 1.2
     # every image mapped to one point: what a collapsed network outputs

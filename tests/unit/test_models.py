@@ -1,19 +1,21 @@
 import pytest
 import torch
 
-from pipeline_tasks.models import Classifier, EncoderSpec, ResNetEncoder, projection_head, resolve_device
+from pipeline_tasks.models.device import resolve_device
+from pipeline_tasks.models.encoders import Classifier, EncoderSpec, ResNetEncoder
+from pipeline_tasks.ssl.methods import mlp
 
 
 def test_default_encoder_is_the_compact_resnet() -> None:
     enc = ResNetEncoder(EncoderSpec())
     n = sum(p.numel() for p in enc.parameters())
-    assert 0.30e6 < n < 0.32e6  # DESIGN.md: 0.31M parameters at base width 16
+    assert 0.30e6 < n < 0.32e6  # 0.31M parameters at base width 16
     assert enc(torch.zeros(2, 1, 28, 28)).shape == (2, 128)
 
 
 def test_heads_and_rgb() -> None:
     enc = ResNetEncoder(EncoderSpec(in_channels=3, base_width=8))
-    assert projection_head(enc.feature_dim, 32)(enc(torch.zeros(4, 3, 32, 32))).shape == (4, 32)
+    assert mlp(enc.feature_dim, enc.feature_dim, 32)(enc(torch.zeros(4, 3, 32, 32))).shape == (4, 32)
     assert Classifier(enc, 5)(torch.zeros(4, 3, 32, 32)).shape == (4, 5)
 
 

@@ -13,13 +13,15 @@ from PIL import Image
 
 from flows.cli import main
 from pipeline_tasks.config import PipelineConfig, ValidateConfig
-from pipeline_tasks.datasets import DatasetError, labeled_mask, write_labeled_and_pool
-from pipeline_tasks.importers import import_unlabeled
-from pipeline_tasks.manifest import build_manifest
-from pipeline_tasks.pool import pool_copies
-from pipeline_tasks.preprocess import load_pool, preprocess_data
-from pipeline_tasks.pretrain import pretrain_encoder
-from pipeline_tasks.validate import DataError, validate_data
+from pipeline_tasks.data.cache import load_pool
+from pipeline_tasks.data.datasets import labeled_mask, write_labeled_and_pool
+from pipeline_tasks.data.errors import DataError, DatasetError
+from pipeline_tasks.data.importers import import_unlabeled
+from pipeline_tasks.data.manifest import build_manifest
+from pipeline_tasks.data.nearcopy import pool_copies
+from pipeline_tasks.data.preprocess import preprocess_data
+from pipeline_tasks.data.validate import validate_data
+from pipeline_tasks.ssl.trainer import pretrain_encoder
 
 CFG = ValidateConfig(min_images_per_class=5)
 
@@ -27,7 +29,7 @@ CFG = ValidateConfig(min_images_per_class=5)
 @pytest.fixture
 def pool(tiny_data: Path, tmp_path: Path) -> Path:
     """20 digits that are not in tiny_data, in nested folders, no labels anywhere."""
-    from pipeline_tasks.datasets import write_builtin
+    from pipeline_tasks.data.datasets import write_builtin
 
     more = tmp_path / "more"
     write_builtin("mnist-5k", more, limit_per_class=14)  # the 13th and 14th of each class are new

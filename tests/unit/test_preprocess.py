@@ -7,8 +7,11 @@ import torch
 from PIL import Image
 
 from pipeline_tasks.config import DataConfig, PreprocessConfig
-from pipeline_tasks.preprocess import load_image, load_split, preprocess_data, split_manifest
-from pipeline_tasks.validate import build_manifest
+from pipeline_tasks.data.cache import load_split
+from pipeline_tasks.data.decode import load_image
+from pipeline_tasks.data.manifest import build_manifest
+from pipeline_tasks.data.preprocess import preprocess_data
+from pipeline_tasks.data.splits import split_manifest
 
 
 def _manifest(n_per_class: int, classes: int = 3) -> pd.DataFrame:

@@ -13,10 +13,10 @@ import torch
 
 from flows.registry import RegisterRecord, apply_decision, classifier_digest, register_model
 from pipeline_tasks.config import PipelineConfig
-from pipeline_tasks.evaluate import score
-from pipeline_tasks.finetune import load_classifier, save_classifier
-from pipeline_tasks.models import Classifier, EncoderSpec, ResNetEncoder
-from pipeline_tasks.preprocess import PreprocessRecord
+from pipeline_tasks.data.preprocess import PreprocessRecord
+from pipeline_tasks.evaluation.evaluate import score
+from pipeline_tasks.models.classifier import load_classifier, save_classifier
+from pipeline_tasks.models.encoders import Classifier, EncoderSpec, ResNetEncoder
 
 NAME = "digits"
 RECIPE = {"image_size": 28, "channels": 1, "resize": "crop"}

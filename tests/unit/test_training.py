@@ -9,12 +9,15 @@ import torch
 from PIL import Image
 
 from pipeline_tasks.config import PipelineConfig
-from pipeline_tasks.evaluate import confusion_matrix, evaluate_classifier, macro_f1
-from pipeline_tasks.finetune import finetune_classifier, labeled_subset, load_classifier
-from pipeline_tasks.models import load_encoder
-from pipeline_tasks.optim import warmup_cosine
-from pipeline_tasks.preprocess import PreprocessRecord
-from pipeline_tasks.pretrain import pretrain_encoder
+from pipeline_tasks.data.preprocess import PreprocessRecord
+from pipeline_tasks.evaluation.evaluate import evaluate_classifier
+from pipeline_tasks.evaluation.metrics import confusion_matrix, macro_f1
+from pipeline_tasks.finetune.subsets import labeled_subset
+from pipeline_tasks.finetune.train import finetune_classifier
+from pipeline_tasks.models.classifier import load_classifier
+from pipeline_tasks.models.weights import load_encoder
+from pipeline_tasks.ssl.optim import warmup_cosine
+from pipeline_tasks.ssl.trainer import pretrain_encoder
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +86,9 @@ def digits(tmp_path_factory: pytest.TempPathFactory,
            tiny_cfg: PipelineConfig) -> tuple[PreprocessRecord, str]:
     """600 real digits (60 per class): 420 train, 60 val, 120 test; an encoder pretrained on
     the 420 for 2 epochs."""
-    from pipeline_tasks.datasets import write_builtin
-    from pipeline_tasks.manifest import build_manifest
-    from pipeline_tasks.preprocess import preprocess_data
+    from pipeline_tasks.data.datasets import write_builtin
+    from pipeline_tasks.data.manifest import build_manifest
+    from pipeline_tasks.data.preprocess import preprocess_data
 
     root = tmp_path_factory.mktemp("digits")
     write_builtin("mnist-5k", root / "data", limit_per_class=60)

@@ -7,9 +7,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import pipeline_tasks.manifest as manifest_module
+import pipeline_tasks.data.manifest as manifest_module
 from pipeline_tasks.config import ValidateConfig
-from pipeline_tasks.validate import DataError, build_manifest, validate_data
+from pipeline_tasks.data.errors import DataError
+from pipeline_tasks.data.manifest import build_manifest
+from pipeline_tasks.data.validate import validate_data
 
 CFG = ValidateConfig(min_images_per_class=5)
 

@@ -20,13 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline_tasks.datasets import (
-    UNLABELED,
-    DatasetError,
-    atomic_folder,
-    refuse_non_empty,
-    write_labeled_and_pool,
-)
+from pipeline_tasks.data.datasets import UNLABELED, atomic_folder, refuse_non_empty, write_labeled_and_pool
+from pipeline_tasks.data.errors import DatasetError
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,4 @@
-"""The uint8 image cache: one ``.npy`` file per split, written in place and read memory-mapped,
-so a data set larger than memory is decoded once and then paged in batch by batch.
-
-``decode_into`` fills a cache file from image files on every core. ``BatchSource`` serves
-training batches from one or more cached arrays: the whole set moves to the device when it
+"""Training batches from the memory-mapped cache: the whole set moves to the device when it
 fits in ``max_device_bytes``; otherwise each step's images are gathered from the memory map
 one batch ahead, in a thread, into pinned memory and copied on a side CUDA stream.
 """
@@ -11,57 +7,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-
-CHUNK = 512  # images per decoding task
-
-
-def images_file(out_dir: str | Path, split: str) -> Path:
-    return Path(out_dir) / f"{split}_images.npy"
-
-
-def labels_file(out_dir: str | Path, split: str) -> Path:
-    return Path(out_dir) / f"{split}_labels.npy"
-
-
-def _decode_chunk(args: tuple[str, int, list[str], int, int, str]) -> None:
-    from pipeline_tasks.preprocess import load_image  # noqa: PLC0415 - a worker process
-
-    path, start, files, size, channels, resize = args
-    out = np.load(path, mmap_mode="r+")
-    for i, f in enumerate(files):
-        out[start + i] = load_image(Path(f), size, channels, resize)
-    out.flush()
-
-
-def decode_into(path: Path, files: Sequence[Path], size: int, channels: int, resize: str,
-                workers: int | None = None) -> None:
-    """Decode ``files`` into a new uint8 ``[N, C, size, size]`` ``.npy`` at ``path``, chunks
-    of ``CHUNK`` images on ``workers`` processes (all cores by default)."""
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
-                                    shape=(len(files), channels, size, size))
-    del out  # header and size on disk; the workers fill it
-    tasks = [(str(path), s, [str(f) for f in files[s:s + CHUNK]], size, channels, resize)
-             for s in range(0, len(files), CHUNK)]
-    workers = min(workers or os.cpu_count() or 1, len(tasks))
-    if workers <= 1:
-        for task in tasks:
-            _decode_chunk(task)
-        return
-    with ProcessPoolExecutor(workers) as pool:
-        list(pool.map(_decode_chunk, tasks))
-
-
-def open_images(out_dir: str | Path, split: str) -> np.ndarray:
-    """The split's images, memory-mapped read-only (an empty array when the file is absent)."""
-    path = images_file(out_dir, split)
-    if not path.is_file():
-        return np.empty((0, 1, 1, 1), dtype=np.uint8)
-    return np.load(path, mmap_mode="r")
 
 
 def device_budget(device: torch.device) -> int:

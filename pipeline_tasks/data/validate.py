@@ -17,10 +17,11 @@ from typing import Any
 import pandas as pd
 
 from pipeline_tasks.config import ValidateConfig
-from pipeline_tasks.manifest import DataError, build_manifest, class_folders, data_digest, list_images
-from pipeline_tasks.pool import pool_copies
+from pipeline_tasks.data.errors import DataError
+from pipeline_tasks.data.listing import class_folders
+from pipeline_tasks.data.manifest import build_manifest, data_digest
+from pipeline_tasks.data.nearcopy import pool_copies
 
-__all__ = ["DataError", "ValidationRecord", "validate_data", "validate_manifest", "list_images"]
 MAX_OFFENDERS = 10
 POOL_PREFIX = "unlabeled pool: "  # how skipped pool files are named in the report
 FILE_COLUMNS = ("symlink_outside", "bad_name", "decodes", "format", "width", "height", "label_conflict")

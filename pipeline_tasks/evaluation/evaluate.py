@@ -8,12 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
 from pipeline_tasks.config import EvaluateConfig
-from pipeline_tasks.finetune import load_classifier, predict_logits
-from pipeline_tasks.models import resolve_device
-from pipeline_tasks.preprocess import load_split
+from pipeline_tasks.data.cache import load_split
+from pipeline_tasks.evaluation.metrics import confusion_matrix, expected_calibration_error, macro_f1
+from pipeline_tasks.evaluation.plots import render_confusion
+from pipeline_tasks.models.classifier import load_classifier
+from pipeline_tasks.models.device import resolve_device
+from pipeline_tasks.models.inference import predict_logits
 
 
 @dataclass(frozen=True)
@@ -26,52 +28,12 @@ class EvaluateRecord:
     lift_points: float | None = None  # (test_accuracy - scratch_test_accuracy) * 100
 
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """``[n_classes, n_classes]`` counts; rows are true classes, columns predictions."""
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (y_true, y_pred), 1)
-    return cm
 
 
-def macro_f1(cm: np.ndarray) -> float:
-    """Unweighted mean of per-class F1 (a class never predicted nor present scores 0)."""
-    tp = np.diag(cm).astype(float)
-    denom = cm.sum(0) + cm.sum(1)
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    return float(f1.mean())
 
 
-def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int = 15) -> float:
-    """|confidence - accuracy| averaged over equal-width confidence bins, weighted by count."""
-    conf, pred = probs.max(1), probs.argmax(1)
-    edges = np.linspace(0, 1, bins + 1)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        mask = (conf > lo) & (conf <= hi)
-        if mask.any():
-            ece += mask.mean() * abs(conf[mask].mean() - (pred[mask] == y_true[mask]).mean())
-    return float(ece)
 
 
-def render_confusion(cm: np.ndarray, classes: list[str], path: Path, cell: int = 40) -> None:
-    """A PNG heat map with counts (PIL only: the stages stay importable on a bare GPU box)."""
-    n, margin = len(classes), 60
-    img = Image.new("RGB", (margin + n * cell + 10, margin + n * cell + 10), "white")
-    draw = ImageDraw.Draw(img)
-    peak = max(int(cm.max()), 1)
-    draw.text((margin, 5), "confusion matrix (rows: true, cols: predicted)", fill="black")
-    for i in range(n):
-        draw.text((5, margin + i * cell + cell // 3), classes[i][:8], fill="black")
-        draw.text((margin + i * cell + 4, margin - 18), classes[i][:5], fill="black")
-        for j in range(n):
-            shade = int(255 * (1 - cm[i, j] / peak))
-            x0, y0 = margin + j * cell, margin + i * cell
-            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=(shade, shade, 255),
-                           outline="gray")
-            draw.text((x0 + 4, y0 + cell // 3), str(int(cm[i, j])),
-                      fill="white" if shade < 128 else "black")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
 
 
 def score(preprocessed_dir: str | Path, classifier_path: str | Path, batch_size: int,

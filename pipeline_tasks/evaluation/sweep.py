@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline_tasks.config import FinetuneConfig
-from pipeline_tasks.evaluate import score
-from pipeline_tasks.finetune import finetune_classifier
+from pipeline_tasks.evaluation.evaluate import score
+from pipeline_tasks.finetune.train import finetune_classifier
 
 MODES = ("linear", "full", "scratch")
 

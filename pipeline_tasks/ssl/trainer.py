@@ -1,8 +1,8 @@
 """Self-supervised pretraining of the encoder on the unlabeled pool plus the labeled training
 images (labels unused); validation and test images are never seen.
 
-The loop only: the method (``methods.py``) turns two views into a loss, the cache
-(``cache.py``) serves batches, ``checkpoint.py`` makes the run resumable, ``distributed.py``
+The loop only: the method (``ssl.methods``) turns two views into a loss, the batches
+(``data.batches``) come from the cache, ``ssl.checkpoint`` makes the run resumable, ``ssl.distributed``
 spreads it over ``torchrun`` ranks. Budgets are global: ``batch_size`` images per step over
 all ranks, each rank taking its shard of the same seeded order.
 """
@@ -21,16 +21,26 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline_tasks import distributed
-from pipeline_tasks.augment import ViewAugment, view_pair
-from pipeline_tasks.cache import BatchSource, open_images
-from pipeline_tasks.checkpoint import load_checkpoint, restore_rng, rng_state, save_atomic, save_checkpoint
 from pipeline_tasks.config import PretrainConfig
-from pipeline_tasks.methods import SSLMethod, build_method
-from pipeline_tasks.models import EncoderSpec, ResNetEncoder, load_init, resolve_device
-from pipeline_tasks.monitor import CollapseError, Progress, embed, knn_accuracy
-from pipeline_tasks.optim import build_optimizer, warmup_cosine
-from pipeline_tasks.preprocess import load_split
+from pipeline_tasks.data.batches import BatchSource
+from pipeline_tasks.data.cache import load_split, open_images
+from pipeline_tasks.models.device import resolve_device
+from pipeline_tasks.models.encoders import EncoderSpec, ResNetEncoder
+from pipeline_tasks.models.inference import embed
+from pipeline_tasks.models.weights import load_init
+from pipeline_tasks.progress import Progress
+from pipeline_tasks.ssl import distributed
+from pipeline_tasks.ssl.checkpoint import (
+    load_checkpoint,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+)
+from pipeline_tasks.ssl.methods import SSLMethod, build_method
+from pipeline_tasks.ssl.monitors import CollapseError, knn_accuracy
+from pipeline_tasks.ssl.optim import build_optimizer, warmup_cosine
+from pipeline_tasks.ssl.views import ViewAugment, view_pair
+from pipeline_tasks.storage import save_atomic
 
 log = logging.getLogger(__name__)
 LogMetrics = Callable[[dict[str, float], int], None]

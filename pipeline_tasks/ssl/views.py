@@ -24,9 +24,6 @@ import torch.nn.functional as F
 _LUMA = (0.299, 0.587, 0.114)
 
 
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[B,C,H,W]`` -> float in [-1, 1], the network's input scale."""
-    return images.float().div_(127.5).sub_(1.0)
 
 
 @dataclass(frozen=True)

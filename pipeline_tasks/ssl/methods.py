@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from pipeline_tasks.config import PretrainConfig
-from pipeline_tasks.losses import Gather, byol_loss, nt_xent, vicreg_loss
-from pipeline_tasks.monitor import spread
+from pipeline_tasks.ssl.losses import Gather, byol_loss, no_gather, nt_xent, vicreg_loss
+from pipeline_tasks.ssl.monitors import spread
 
 
 def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2) -> nn.Sequential:
@@ -36,10 +36,6 @@ def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2) -> nn.Sequentia
     return nn.Sequential(*blocks, nn.Linear(dim, out_dim))
 
 
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
 class SSLMethod(nn.Module):
     """``forward(view1, view2) -> loss``; views are float ``[B, C, H, W]``."""
 
@@ -47,7 +43,7 @@ class SSLMethod(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.feature_dim = feature_dim
-        self.gather: Gather = _identity
+        self.gather: Gather = no_gather
         self.rank = 0
         # spread of the last training batch's head outputs (a device tensor: no sync per step)
         self.last_spread = torch.ones(())

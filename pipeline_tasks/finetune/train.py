@@ -19,29 +19,24 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from pipeline_tasks.augment import ViewAugment, to_float
-from pipeline_tasks.checkpoint import save_atomic
 from pipeline_tasks.config import FinetuneConfig
-from pipeline_tasks.models import (
-    Classifier,
-    EncoderSpec,
-    ResNetEncoder,
-    load_encoder,
-    load_init,
-    resolve_device,
-)
-from pipeline_tasks.monitor import Progress
-from pipeline_tasks.preprocess import load_split, recipe
+from pipeline_tasks.data.cache import load_split, recipe
+from pipeline_tasks.finetune.subsets import labeled_subset, step_budget, stratified_subset
+from pipeline_tasks.models.classifier import save_classifier
+from pipeline_tasks.models.device import resolve_device
+from pipeline_tasks.models.encoders import Classifier, ResNetEncoder
+from pipeline_tasks.models.inference import embed, predict_logits, to_float
+from pipeline_tasks.models.weights import load_encoder, load_init
+from pipeline_tasks.progress import Progress
+from pipeline_tasks.ssl.views import ViewAugment
 
 log = logging.getLogger(__name__)
 LogMetrics = Callable[[dict[str, float], int], None]
@@ -75,54 +70,14 @@ class FinetuneRecord:
         return {**asdict(self), "labels_used": self.labels_used}
 
 
-def stratified_subset(labels: torch.Tensor, seed: int, fraction: float | None = None,
-                      per_class: int | None = None) -> torch.Tensor:
-    """Sorted indices of a seeded, stratified subset: ``fraction`` of each class (at least one)
-    or ``per_class`` of each (all when the class is smaller); everything when neither is given."""
-    if fraction is None and per_class is None:
-        return torch.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    picked = [np.empty(0, dtype=np.int64)]
-    for c in torch.unique(labels).tolist():
-        idx = (labels == c).nonzero().flatten().numpy()
-        n = max(1, round(len(idx) * fraction)) if fraction is not None else min(len(idx), per_class or 0)
-        picked.append(rng.choice(idx, size=n, replace=False))
-    return torch.from_numpy(np.sort(np.concatenate(picked)))
 
 
-def labeled_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
-    """Indices of a stratified ``fraction`` of ``labels``, at least one per class."""
-    return stratified_subset(labels, seed, fraction=fraction)
 
 
-def step_budget(n_labeled: int, cfg: FinetuneConfig) -> tuple[int, int]:
-    """``(total optimisation steps, steps between validation checks)``."""
-    per_epoch = math.ceil(n_labeled / cfg.batch_size)
-    total = max(cfg.epochs * per_epoch, cfg.min_steps)
-    return total, math.ceil(total / cfg.epochs)
 
 
-@torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device,
-                   batch: int = 512) -> torch.Tensor:
-    """uint8 ``[N,C,H,W]`` -> float logits ``[N, n_classes]`` on the CPU; computed on
-    ``device`` (bf16, channels_last on CUDA), where ``model`` must already be."""
-    model.eval()
-    out = []
-    for i in range(0, len(images), batch):
-        x = to_float(images[i:i + batch].to(device, non_blocking=True))
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out.append(model(x).float())
-    return torch.cat(out).cpu() if out else torch.empty(0)
 
 
-@torch.no_grad()
-def _features(encoder: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    encoder.eval()
-    return torch.cat([encoder(to_float(images[i:i + 512].to(device))).float()
-                      for i in range(0, len(images), 512)])
 
 
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
@@ -191,7 +146,8 @@ def _linear_probe(encoder: ResNetEncoder, n_classes: int, data: tuple[torch.Tens
     """Features once, standardised; a linear head on them, folded back into one Classifier."""
     x, y, val_x, val_y = data
     encoder = encoder.to(device)
-    feats, val_feats = _features(encoder, x, device), _features(encoder, val_x, device)
+    feats = embed(encoder, x, device, normalize=False)
+    val_feats = embed(encoder, val_x, device, normalize=False)
     mean, std = feats.mean(0), feats.std(0, unbiased=False).clamp_min(1e-6)
     head = nn.Linear(encoder.feature_dim, n_classes).to(device)
     fit = _fit(head, [{"params": head.parameters()}],
@@ -250,23 +206,7 @@ def finetune_classifier(
     return FinetuneRecord(str(path), mode, len(subset), len(val_subset), total, fit.accuracy, fit.step)
 
 
-def save_classifier(model: Classifier, classes: tuple[str, ...] | list[str], preprocess: dict[str, Any],
-                    path: Path) -> None:
-    """Weights plus what a user of the file needs: class names and the input recipe
-    (``image_size``, ``channels``, ``resize``; ``preprocess.recipe``)."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_atomic({"spec": model.encoder.spec.to_dict(), "classes": list(classes), "state_dict": state,
-                 "preprocess": dict(preprocess)}, path)
 
 
-def load_classifier(path: str | Path) -> tuple[Classifier, list[str]]:
-    """Rebuild the classifier written by ``finetune_classifier`` (weights only)."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    model = Classifier(ResNetEncoder(EncoderSpec.from_dict(blob["spec"])), len(blob["classes"]))
-    model.load_state_dict(blob["state_dict"])
-    return model.eval(), list(blob["classes"])
 
 
-def classifier_recipe(path: str | Path) -> dict[str, Any]:
-    """``{"image_size", "channels", "resize"}``: how the classifier's inputs are made."""
-    return dict(torch.load(path, map_location="cpu", weights_only=True)["preprocess"])

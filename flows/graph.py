@@ -1,0 +1,165 @@
+"""The stage graph, written once: each stage's name, Prefect task, params, code, inputs and
+outputs. Everything that names stages derives from ``STAGES``: the flow's order and cache keys
+(``flows.pipeline``), the stage runners and artifact paths (``flows.stages``), the MLflow stage
+descriptions (``flows.tracking``), the CLI's choices (``flows.cli``) and ``dvc.yaml``, which
+``render_dvc_yaml`` writes (``python -m flows.graph > dvc.yaml``; a test keeps them equal).
+
+This module imports only the standard library, so the CLI can read it before anything heavy.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import sys
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = "artifacts"
+PACKAGES = ("flows", "pipeline_tasks")
+# Every runner is in flows/stages.py and records through flows/tracking.py; stages.py imports
+# every stage's code, so its own imports are not followed (they would make every stage depend
+# on all the others). This table computes nothing, so it is no stage's code.
+COMMON_CODE = ("flows.stages", "flows.tracking", "pipeline_tasks.config")
+NOT_FOLLOWED = frozenset({"flows.stages"})
+NOT_CODE = frozenset({"flows.graph"})
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage. Paths are relative to the project root; ``outs`` under ``artifacts/``."""
+
+    name: str
+    task: str  # the Prefect task's name (kebab-case)
+    description: str  # the MLflow stage run's description
+    params: tuple[str, ...]  # params.yaml sections, or section.key, the stage reads
+    code: tuple[str, ...]  # entry modules; the stage's code is their import closure
+    deps: tuple[str, ...]  # inputs: earlier stages' outputs, ${data.dir}
+    outs: tuple[str, ...]  # outputs DVC caches
+    # Files whose sha256 prove a cached result is still on disk, byte for byte (those a stage
+    # writes only sometimes, like a baseline, are checked when present).
+    proof: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()  # DVC metrics (not cached by DVC)
+    plots: tuple[str, ...] = ()
+    untracked_outs: tuple[str, ...] = ()  # outputs DVC records but does not cache
+
+
+_CACHE_FILES = tuple(f"{ARTIFACTS}/preprocessed/{s}_{kind}.npy" for s in ("train", "val", "test")
+                     for kind in ("images", "labels"))
+STAGES: tuple[Stage, ...] = (
+    Stage("validate", "validate-data",
+          "Great Expectations gate on the labeled images and the unlabeled pool",
+          ("data", "validate"), ("pipeline_tasks.data.validate",), ("${data.dir}",),
+          (f"{ARTIFACTS}/validation",)),
+    Stage("preprocess", "preprocess-data", "stratified splits and the uint8 image cache",
+          ("data", "preprocess"), ("pipeline_tasks.data.preprocess",),
+          ("${data.dir}", f"{ARTIFACTS}/validation"), (f"{ARTIFACTS}/preprocessed",),
+          proof=(*_CACHE_FILES, f"{ARTIFACTS}/preprocessed/pool_images.npy",
+                 f"{ARTIFACTS}/preprocessed/classes.json", f"{ARTIFACTS}/preprocessed/splits.json")),
+    Stage("pretrain", "pretrain-encoder", "self-supervised pretraining of the encoder (labels unused)",
+          ("pretrain",), ("pipeline_tasks.ssl.trainer",), (f"{ARTIFACTS}/preprocessed",),
+          (f"{ARTIFACTS}/pretrain",), proof=(f"{ARTIFACTS}/pretrain/encoder.pt",)),
+    Stage("finetune", "finetune-classifier",
+          "fine-tuning on the labeled subset, and the from-scratch baseline",
+          ("finetune", "pretrain.init"), ("pipeline_tasks.finetune.train",),
+          (f"{ARTIFACTS}/preprocessed", f"{ARTIFACTS}/pretrain"), (f"{ARTIFACTS}/finetune",),
+          proof=tuple(f"{ARTIFACTS}/finetune/{f}" for f in
+                      ("classifier.pt", "baseline.pt", "init_baseline.pt", "summary.json"))),
+    Stage("evaluate", "evaluate-classifier", "scores on the held-out test split",
+          ("evaluate",), ("pipeline_tasks.evaluation.evaluate",),
+          (f"{ARTIFACTS}/preprocessed", f"{ARTIFACTS}/finetune"), (),
+          proof=(f"{ARTIFACTS}/metrics.json", f"{ARTIFACTS}/plots/confusion_matrix.png"),
+          metrics=(f"{ARTIFACTS}/metrics.json",),
+          plots=(f"{ARTIFACTS}/plots/predictions.csv", f"{ARTIFACTS}/plots/confusion_matrix.png")),
+    Stage("register", "register-model", "model registry: new version and the promotion gate's decision",
+          ("register",), ("flows.registry", "flows.pyfunc_model"),
+          (f"{ARTIFACTS}/finetune", f"{ARTIFACTS}/preprocessed", f"{ARTIFACTS}/metrics.json"), (),
+          untracked_outs=(f"{ARTIFACTS}/registered.json",)),
+)
+BY_NAME = {s.name: s for s in STAGES}
+NAMES = tuple(BY_NAME)
+
+
+def _module_files() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def _imports(module: str, files: dict[str, Path]) -> set[str]:
+    """Project modules ``module`` imports anywhere in its file (lazy imports too)."""
+    found = set()
+    for node in ast.walk(ast.parse(files[module].read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        for name in names:
+            while name.split(".")[0] in PACKAGES and name not in files and "." in name:
+                name = name.rsplit(".", 1)[0]
+            if name in files and name != module and name not in NOT_CODE:
+                found.add(name)
+    return found
+
+
+@cache
+def code_files(stage: str) -> tuple[str, ...]:
+    """The files a stage runs, relative to the project root: the import closure of its entry
+    modules and the shared runners, sorted. Package ``__init__`` files are left out (empty)."""
+    files = _module_files()
+    seen: set[str] = set()
+    todo = [*BY_NAME[stage].code, *COMMON_CODE]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            if module not in NOT_FOLLOWED:
+                todo += _imports(module, files)
+    return tuple(sorted(str(files[m].relative_to(REPO)) for m in seen
+                        if files[m].name != "__init__.py"))
+
+
+def code_digest(stage: str) -> str:
+    """sha256 (16 hex) over the stage's code files: editing any of them reruns the stage."""
+    h = hashlib.sha256()
+    for rel in code_files(stage):
+        h.update(rel.encode() + b"\0" + (REPO / rel).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def render_dvc_yaml() -> str:
+    """``dvc.yaml`` for ``STAGES``: every stage as ``pretrainflow stage NAME``, its code files and
+    inputs as deps, its params, outputs, metrics and plots."""
+    lines = [
+        "# Generated from flows/graph.py by `python -m flows.graph > dvc.yaml`; edit the graph, not this",
+        "# file (tests/unit/test_graph.py fails while they differ). `dvc repro` rebuilds every artifact",
+        "# from params.yaml; the same stages run as Prefect tasks in `pretrainflow run`.",
+        "# With an unlabeled pool (data.unlabeled_dir), add its folder to the validate stage's deps,",
+        "# e.g. `- unlabeled`, so that `dvc repro` notices when the pool changes.",
+        "stages:",
+    ]
+    for s in STAGES:
+        lines += [f"  {s.name}:", f"    cmd: pretrainflow stage {s.name}", "    deps:"]
+        lines += [f"      - {d}" for d in (*s.deps, *code_files(s.name))]
+        lines += ["    params:", *(f"      - {p}" for p in s.params)]
+        if s.outs or s.untracked_outs:
+            lines += ["    outs:", *(f"      - {o}" for o in s.outs)]
+            lines += [f"      - {o}:\n          cache: false" for o in s.untracked_outs]
+        if s.metrics:
+            lines += ["    metrics:", *(f"      - {m}:\n          cache: false" for m in s.metrics)]
+        if s.plots:
+            lines.append("    plots:")
+            for p in s.plots:
+                lines.append(f"      - {p}:\n          template: confusion\n          x: actual\n"
+                             "          y: predicted" if p.endswith(".csv") else f"      - {p}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render_dvc_yaml())

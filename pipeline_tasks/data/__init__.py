@@ -1,0 +1,1 @@
+"""Image data: listing, manifests, near copies, validation, splits, decoding, the cache, importers."""

@@ -1,0 +1,94 @@
+"""The uint8 image cache: one ``.npy`` file per split, written in place and read memory-mapped,
+so a data set larger than memory is decoded once and then paged in batch by batch.
+
+``decode_into`` fills a cache file from image files on every core; ``open_images`` and
+``load_split`` read it back; ``recipe`` says how its images were made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CHUNK = 512  # images per decoding task
+
+
+def images_file(out_dir: str | Path, split: str) -> Path:
+    return Path(out_dir) / f"{split}_images.npy"
+
+
+def labels_file(out_dir: str | Path, split: str) -> Path:
+    return Path(out_dir) / f"{split}_labels.npy"
+
+
+def _decode_chunk(args: tuple[str, int, list[str], int, int, str]) -> None:
+    from pipeline_tasks.data.decode import load_image  # noqa: PLC0415 - a worker process
+
+    path, start, files, size, channels, resize = args
+    out = np.load(path, mmap_mode="r+")
+    for i, f in enumerate(files):
+        out[start + i] = load_image(Path(f), size, channels, resize)
+    out.flush()
+
+
+def decode_into(path: Path, files: Sequence[Path], size: int, channels: int, resize: str,
+                workers: int | None = None) -> None:
+    """Decode ``files`` into a new uint8 ``[N, C, size, size]`` ``.npy`` at ``path``, chunks
+    of ``CHUNK`` images on ``workers`` processes (all cores by default)."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
+                                    shape=(len(files), channels, size, size))
+    del out  # header and size on disk; the workers fill it
+    tasks = [(str(path), s, [str(f) for f in files[s:s + CHUNK]], size, channels, resize)
+             for s in range(0, len(files), CHUNK)]
+    workers = min(workers or os.cpu_count() or 1, len(tasks))
+    if workers <= 1:
+        for task in tasks:
+            _decode_chunk(task)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_decode_chunk, tasks))
+
+
+def open_images(out_dir: str | Path, split: str) -> np.ndarray:
+    """The split's images, memory-mapped read-only (an empty array when the file is absent)."""
+    path = images_file(out_dir, split)
+    if not path.is_file():
+        return np.empty((0, 1, 1, 1), dtype=np.uint8)
+    return np.load(path, mmap_mode="r")
+
+
+def save_split(out_dir: str | Path, name: str, images: np.ndarray, labels: np.ndarray | None) -> None:
+    """Write one split of the cache from arrays (uint8 ``[N,C,H,W]``, int64 ``[N]``)."""
+    np.save(images_file(out_dir, name), np.ascontiguousarray(images, dtype=np.uint8))
+    if labels is not None:
+        np.save(labels_file(out_dir, name), np.asarray(labels, dtype=np.int64))
+
+
+def load_split(out_dir: str | Path, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images uint8 [N,C,H,W], labels int64 [N])`` of a labeled split, read into memory
+    (empty when the split was not written)."""
+    labels = labels_file(out_dir, name)
+    return (torch.from_numpy(np.array(open_images(out_dir, name))),
+            torch.from_numpy(np.load(labels)) if labels.is_file() else torch.empty(0, dtype=torch.int64))
+
+
+def recipe(out_dir: str | Path) -> dict[str, Any]:
+    """How the cache's images were made (``image_size``, ``channels``, ``resize``): what a model
+    trained on them must do to new images."""
+    path = Path(out_dir) / "splits.json"
+    info: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    _, channels, size, _ = open_images(out_dir, "train").shape
+    return {"image_size": int(info.get("image_size") or size),
+            "channels": int(info.get("channels") or channels), "resize": str(info.get("resize", "squash"))}
+
+
+def load_pool(out_dir: str | Path) -> torch.Tensor:
+    """The unlabeled pool's images, uint8 ``[N,C,H,W]`` (``N`` = 0 without a pool), in memory."""
+    return torch.from_numpy(np.array(open_images(out_dir, "pool")))

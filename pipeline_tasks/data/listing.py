@@ -1,0 +1,129 @@
+"""Listing a data folder without reading any image: ``<class>/<image>`` for labeled data, any
+layout for the unlabeled pool.
+
+Listing never writes to the data folder and never follows a symlink out of it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline_tasks.data.errors import DataError
+
+CACHE_VERSION = "2"  # bump when a column's meaning changes: old caches are then ignored
+
+
+BAD_NAME = "bad-name"  # the listing's size key for a file whose name is not valid UTF-8
+
+
+def printable(name: str) -> str:
+    """``name`` as valid UTF-8: a file name in another encoding (os gives its bytes back as
+    surrogates) shows its bytes escaped, e.g. ``caf\\xe9.png``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _valid_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _scan(class_dir: Path, root: Path) -> Iterator[tuple[str, str | None]]:
+    """``(relative path, "size:mtime")`` for files under ``class_dir``, from one scandir pass.
+
+    A symlink that leads out of ``root`` is yielded with ``None`` (refused, never followed);
+    symlinked folders inside ``root`` are not entered (no loops, no double counting).
+    """
+    prefix = len(str(root)) + 1
+    stack = [class_dir]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            entries = [e for e in it if not e.name.startswith(".")]
+        for e in entries:
+            if e.is_symlink():
+                if not _inside(Path(e.path), root):
+                    yield e.path[prefix:], None
+                    continue
+                if not e.is_file():
+                    continue
+            elif e.is_dir(follow_symlinks=False):
+                stack.append(Path(e.path))
+                continue
+            st = e.stat()
+            yield e.path[prefix:], f"v{CACHE_VERSION}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _folders(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def class_folders(root: Path) -> list[str]:
+    """Names of the class folders (hidden ones skipped, others escaped to valid UTF-8), sorted:
+    empty ones included."""
+    return [printable(name) for name in _folders(root)]
+
+
+def _listed(label: str, rel: str, key: str | None) -> tuple[str, str, str | None]:
+    """A listing row; a name that is not valid UTF-8 is escaped and marked, never read."""
+    if _valid_utf8(label) and _valid_utf8(rel):
+        return label, rel, key
+    return printable(label), printable(rel), BAD_NAME
+
+
+def list_images(data_dir: str | Path) -> pd.DataFrame:
+    """Every file as ``label, path, size_key`` (``size_key`` None for a refused symlink),
+    sorted by path, without reading any file.
+
+    Raises ``DataError`` when the folder is missing or holds no files: the cheap check the
+    CLI runs before starting anything.
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(
+            f"{root}: data folder not found. Create it with `pretrainflow data builtin mnist-5k`, "
+            "or pass --data-dir PATH to a folder laid out as <class>/<image>."
+        )
+    rows: list[tuple[str, str, str | None]] = []
+    for label in _folders(root):
+        if (root / label).is_symlink() and not _inside(root / label, root):
+            rows.append(_listed(label, label, None))
+        else:
+            rows += [_listed(label, rel, key) for rel, key in _scan(root / label, root)]
+    if not rows:
+        raise DataError(
+            f"{root}: no images found (expected <class>/<image> files). Put one folder per class "
+            "with images inside, or run `pretrainflow data builtin mnist-5k`."
+        )
+    listing = pd.DataFrame(rows, columns=["label", "path", "size_key"])
+    return listing.sort_values("path", ignore_index=True)
+
+
+def list_pool(pool_dir: str | Path) -> pd.DataFrame:
+    """Every file of an unlabeled pool, in any folder layout, as ``list_images`` gives them
+    (label ``""``). Raises ``DataError`` when the folder is missing or holds no files."""
+    root = Path(pool_dir)
+    if not root.is_dir():
+        raise DataError(
+            f"{root}: unlabeled pool folder not found (data.unlabeled_dir). Fill it with "
+            "`pretrainflow data import-unlabeled PATH`, or set data.unlabeled_dir: null to "
+            "pretrain on the labeled training images only."
+        )
+    rows = [_listed("", rel, key) for rel, key in _scan(root, root)]
+    if not rows:
+        raise DataError(f"{root}: the unlabeled pool (data.unlabeled_dir) holds no files; add images "
+                        "or set data.unlabeled_dir: null")
+    return pd.DataFrame(rows, columns=["label", "path", "size_key"]).sort_values("path", ignore_index=True)

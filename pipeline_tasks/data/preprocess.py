@@ -1,0 +1,73 @@
+"""The preprocess stage: stratified splits and a uint8 image cache, images decoded once (on
+every core), never per epoch.
+
+The labeled images become ``{train,val,test}_images.npy`` and ``*_labels.npy``; the unlabeled
+pool, when there is one, becomes ``pool_images.npy``, which only pretraining reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline_tasks.config import DataConfig, PreprocessConfig
+from pipeline_tasks.data.cache import decode_into, images_file, labels_file
+from pipeline_tasks.data.splits import SPLITS, split_manifest, test_fingerprint
+
+
+@dataclass(frozen=True)
+class PreprocessRecord:
+    out_dir: str
+    classes: tuple[str, ...]
+    n_train: int
+    n_val: int
+    n_test: int
+    image_size: int
+    channels: int
+    n_pool: int = 0
+    test_fingerprint: str = ""  # sha256 over the sorted sha256 of the test images
+    resize: str = "crop"
+
+
+def _read_manifest(path: str | Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"label": str, "phash": str, "path": str}, keep_default_na=False)
+
+
+def preprocess_data(
+    manifest_path: str | Path, data_dir: str | Path, data: DataConfig, cfg: PreprocessConfig,
+    out_dir: str | Path, pool: tuple[str | Path, str | Path] | None = None,
+) -> PreprocessRecord:
+    """Write ``{train,val,test}.pt`` ({"images": uint8 [N,C,H,W], "labels": int64 [N]}),
+    ``pool.pt`` ({"images"} of ``pool`` = (pool manifest, pool folder); empty without one),
+    ``splits.csv``, ``classes.json`` and
+    ``splits.json`` (sizes and the test fingerprint) under ``out_dir``."""
+    out, root = Path(out_dir), Path(data_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    splits = split_manifest(_read_manifest(manifest_path), cfg, data.limit_per_class)
+    classes = tuple(sorted(splits["label"].unique()))
+    index = {c: i for i, c in enumerate(classes)}
+    sizes = {}
+    for name in SPLITS:
+        rows = splits[splits["split"] == name]
+        np.save(labels_file(out, name), np.array([index[c] for c in rows["label"]], dtype=np.int64))
+        decode_into(images_file(out, name), [root / r for r in rows["path"]], data.image_size, data.channels,
+                    data.resize)
+        sizes[name] = len(rows)
+    pool_rows = _read_manifest(pool[0])["path"] if pool else pd.Series([], dtype=str)
+    pool_root = Path(pool[1]) if pool else root
+    decode_into(images_file(out, "pool"), [pool_root / r for r in pool_rows], data.image_size, data.channels,
+                data.resize)
+    splits.to_csv(out / "splits.csv", index=False)
+    (out / "classes.json").write_text(json.dumps(list(classes)))
+    record = PreprocessRecord(
+        out_dir=str(out), classes=classes, n_train=sizes["train"], n_val=sizes["val"],
+        n_test=sizes["test"], image_size=data.image_size, channels=data.channels, n_pool=len(pool_rows),
+        test_fingerprint=test_fingerprint(splits), resize=data.resize,
+    )
+    (out / "splits.json").write_text(json.dumps(dataclasses.asdict(record), indent=2) + "\n")
+    return record

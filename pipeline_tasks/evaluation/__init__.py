@@ -1,0 +1,1 @@
+"""Scoring a classifier on the held-out test split: metrics, plots, sweeps."""

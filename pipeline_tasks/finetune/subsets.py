@@ -1,0 +1,37 @@
+"""Which labels a run uses, and for how many steps."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from pipeline_tasks.config import FinetuneConfig
+
+
+def stratified_subset(labels: torch.Tensor, seed: int, fraction: float | None = None,
+                      per_class: int | None = None) -> torch.Tensor:
+    """Sorted indices of a seeded, stratified subset: ``fraction`` of each class (at least one)
+    or ``per_class`` of each (all when the class is smaller); everything when neither is given."""
+    if fraction is None and per_class is None:
+        return torch.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    picked = [np.empty(0, dtype=np.int64)]
+    for c in torch.unique(labels).tolist():
+        idx = (labels == c).nonzero().flatten().numpy()
+        n = max(1, round(len(idx) * fraction)) if fraction is not None else min(len(idx), per_class or 0)
+        picked.append(rng.choice(idx, size=n, replace=False))
+    return torch.from_numpy(np.sort(np.concatenate(picked)))
+
+
+def labeled_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """Indices of a stratified ``fraction`` of ``labels``, at least one per class."""
+    return stratified_subset(labels, seed, fraction=fraction)
+
+
+def step_budget(n_labeled: int, cfg: FinetuneConfig) -> tuple[int, int]:
+    """``(total optimisation steps, steps between validation checks)``."""
+    per_epoch = math.ceil(n_labeled / cfg.batch_size)
+    total = max(cfg.epochs * per_epoch, cfg.min_steps)
+    return total, math.ceil(total / cfg.epochs)

@@ -1,0 +1,1 @@
+"""Encoders, starting weights, heads, and saving, loading and running a classifier."""

@@ -1,0 +1,46 @@
+"""Running a model on cached images: the input scale, logits and embeddings, in batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[B,C,H,W]`` -> float in [-1, 1], the network's input scale."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device,
+                   batch: int = 512) -> torch.Tensor:
+    """uint8 ``[N,C,H,W]`` -> float logits ``[N, n_classes]`` on the CPU; computed on
+    ``device`` (bf16, channels_last on CUDA), where ``model`` must already be."""
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch):
+        x = to_float(images[i:i + batch].to(device, non_blocking=True))
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out.append(model(x).float())
+    return torch.cat(out).cpu() if out else torch.empty(0)
+
+
+@torch.no_grad()
+def embed(encoder: nn.Module, images: np.ndarray | torch.Tensor, device: torch.device,
+          batch: int = 512, normalize: bool = True) -> torch.Tensor:
+    """uint8 ``[N,C,H,W]`` (memory-mapped or not) -> features ``[N, D]`` on the device,
+    L2-normalised unless ``normalize`` is False (eval mode, no augmentation), ``batch`` images
+    at a time."""
+    was_training = encoder.training
+    encoder.eval()
+    feats = []
+    for i in range(0, len(images), batch):
+        chunk = torch.as_tensor(np.asarray(images[i:i + batch])).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            feats.append(encoder(to_float(chunk)).float())
+    encoder.train(was_training)
+    out = torch.cat(feats) if feats else torch.empty(0, device=device)
+    return nn.functional.normalize(out, dim=1) if normalize else out

@@ -1,0 +1,86 @@
+"""The stage graph exists once (flows/graph.py): dvc.yaml, the flow's order, the CLI's choices,
+the cache keys, the artifact paths and docker/multigpu.sh must agree with it."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import pytest
+import yaml
+
+from flows import graph
+from flows.cli import build_parser
+from flows.pipeline import COMPUTE_STAGES
+from flows.stages import RUNNERS, ArtifactPaths
+from pipeline_tasks.config import load_config
+from tests.conftest import PARAMS, REPO
+
+
+def test_dvc_yaml_is_the_rendered_graph() -> None:
+    assert (REPO / "dvc.yaml").read_text() == graph.render_dvc_yaml(), \
+        "dvc.yaml differs from flows/graph.py: regenerate it with `python -m flows.graph > dvc.yaml`"
+
+
+def test_dvc_reads_the_rendered_file_as_the_graph_says() -> None:
+    stages = yaml.safe_load(graph.render_dvc_yaml())["stages"]
+    assert list(stages) == list(graph.NAMES)
+    for s in graph.STAGES:
+        assert stages[s.name]["cmd"] == f"pretrainflow stage {s.name}"
+        assert stages[s.name]["params"] == list(s.params)
+    params = yaml.safe_load(PARAMS.read_text())
+    for name in ("validate", "preprocess"):  # the data folder is the parameter, not its value
+        deps = stages[name]["deps"]
+        assert "${data.dir}" in deps and params["data"]["dir"] not in deps
+
+
+def test_a_stage_depends_on_every_module_it_imports() -> None:
+    # the closure follows imports: finetune reaches the cache and the encoders through train.py
+    files = graph.code_files("finetune")
+    assert {"pipeline_tasks/data/cache.py", "pipeline_tasks/models/encoders.py",
+            "flows/stages.py", "pipeline_tasks/config.py"} <= set(files)
+    assert "pipeline_tasks/ssl/trainer.py" not in files  # not another stage's code
+    assert "flows/registry.py" in graph.code_files("register")
+
+
+def test_the_flow_the_cli_and_the_runners_follow_the_graph() -> None:
+    assert COMPUTE_STAGES == graph.NAMES[1:-1]
+    assert list(RUNNERS) == list(graph.NAMES)
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    stage = sub.choices["stage"]
+    assert tuple(next(a for a in stage._actions if a.dest == "name").choices) == graph.NAMES
+
+
+def test_artifact_paths_are_the_graphs_outputs() -> None:
+    paths = ArtifactPaths(REPO / graph.ARTIFACTS)
+    outs = {str(p.relative_to(REPO)) for p in (paths.validation, paths.preprocessed, paths.pretrain,
+                                               paths.finetune, paths.metrics, paths.registered)}
+    declared = {o for s in graph.STAGES for o in (*s.outs, *s.metrics, *s.untracked_outs)}
+    assert outs == declared
+    assert all(p.startswith(str(paths.plots.relative_to(REPO))) for s in graph.STAGES for p in s.plots)
+
+
+# One valid change per params entry a stage may read.
+CHANGE = {"data": "data.limit_per_class=3", "validate": "validate.min_width=9", "preprocess": "preprocess.seed=7",
+          "pretrain": "pretrain.epochs=3", "pretrain.init": "pretrain.init=x.pt", "finetune": "finetune.lr=0.5",
+          "evaluate": "evaluate.batch_size=7", "register": "register.min_improvement=0.5"}
+
+
+@pytest.mark.parametrize("stage", [s.name for s in graph.STAGES if s.name not in ("validate", "register")])
+def test_the_cache_key_reads_the_params_dvc_reads(stage: str) -> None:
+    """Changing a key the stage reads (even a single key of another section, such as
+    finetune's pretrain.init) changes its key; a key it does not read leaves it alone."""
+    base = load_config(PARAMS)
+    params = graph.BY_NAME[stage].params
+    for entry in params:
+        changed = load_config(PARAMS, [CHANGE[entry]])
+        assert changed.section_digest(*params) != base.section_digest(*params), entry
+    unread = load_config(PARAMS, [CHANGE["register"]])
+    assert unread.section_digest(*params) == base.section_digest(*params)
+
+
+def test_multigpu_script_runs_the_graphs_order() -> None:
+    script = (REPO / "docker" / "multigpu.sh").read_text()
+    commands = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("#"))
+    order = [m.group(1) for m in re.finditer(r"pretrainflow stage (\w+)", commands)]
+    assert list(dict.fromkeys(order)) == list(graph.NAMES)
