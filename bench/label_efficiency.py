@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -36,6 +35,7 @@ from pipeline_tasks.config import load_config  # noqa: E402
 from pipeline_tasks.data.cache import save_split  # noqa: E402
 from pipeline_tasks.data.datasets import load_mnist_5k  # noqa: E402
 from pipeline_tasks.data.importers import find_idx_pairs, read_idx  # noqa: E402
+from pipeline_tasks.evaluation.plots import label_efficiency_chart  # noqa
 from pipeline_tasks.evaluation.sweep import label_sweep, summarize  # noqa: E402
 from pipeline_tasks.ssl.trainer import pretrain_encoder  # noqa: E402
 
@@ -73,39 +73,6 @@ def prepare(args: argparse.Namespace, out: Path) -> str:
     return what
 
 
-def plot(table: pd.DataFrame, path: Path, title: str) -> None:
-    """Test accuracy against the label fraction, one line per mode, error bars = std (PIL only)."""
-    w, h, m = 640, 420, 60
-    img = Image.new("RGB", (w, h), "white")
-    draw = ImageDraw.Draw(img)
-    fractions = sorted(table["fraction"].unique())
-    lo = max(0.0, float((table["mean"] - table["std"].fillna(0)).min()) - 0.02)
-    x = {f: m + i * (w - 2 * m) / max(1, len(fractions) - 1) for i, f in enumerate(fractions)}
-
-    def y(v: float) -> float:
-        return h - m - (v - lo) / max(1e-6, 1 - lo) * (h - 2 * m)
-
-    draw.line([(m, h - m), (w - m, h - m)], fill="black")
-    draw.line([(m, m), (m, h - m)], fill="black")
-    for f in fractions:
-        draw.text((x[f] - 12, h - m + 8), f"{f:g}", fill="black")
-    for v in np.linspace(lo, 1, 5):
-        draw.text((8, y(v) - 6), f"{v:.2f}", fill="black")
-    draw.text((m, 10), title[:90], fill="black")
-    draw.text((w // 2 - 60, h - 24), "label fraction", fill="black")
-    colors = {"linear": (31, 119, 180), "full": (44, 160, 44), "scratch": (214, 39, 40)}
-    for i, (mode, rows) in enumerate(table.groupby("mode")):
-        rows = rows.sort_values("fraction")
-        pts = [(x[f], y(v)) for f, v in zip(rows["fraction"], rows["mean"], strict=True)]
-        color = colors.get(str(mode), (0, 0, 0))
-        draw.line(pts, fill=color, width=2)
-        for (px, py), mean, std in zip(pts, rows["mean"], rows["std"].fillna(0), strict=True):
-            draw.line([(px, y(mean + std)), (px, y(mean - std))], fill=color)
-            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=color)
-        draw.text((w - m - 70, m + 16 * i), str(mode), fill=color)
-    img.save(path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -141,7 +108,7 @@ def main() -> None:
     table = summarize(rows)
     rows.to_csv(args.out / "label_efficiency_runs.csv", index=False)
     table.to_csv(args.out / "label_efficiency.csv", index=False)
-    plot(table, args.out / "label_efficiency.png", what)
+    label_efficiency_chart(table, args.out / "label_efficiency.png", what)
     report(table, what, time.perf_counter() - start)
     print(f"wrote {args.out / 'label_efficiency.csv'}, label_efficiency_runs.csv and label_efficiency.png")
 

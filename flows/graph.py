@@ -4,19 +4,18 @@ outputs. Everything that names stages derives from ``STAGES``: the flow's order 
 descriptions (``flows.tracking``), the CLI's choices (``flows.cli``) and ``dvc.yaml``, which
 ``render_dvc_yaml`` writes (``python -m flows.graph > dvc.yaml``; a test keeps them equal).
 
-This module imports only the standard library, so the CLI can read it before anything heavy.
+This module imports only the standard library (and ``pipeline_tasks.codehash``, which does too),
+so the CLI can read it before anything heavy.
 """
 
 from __future__ import annotations
 
-import ast
-import hashlib
 import sys
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from pipeline_tasks import codehash
+
 ARTIFACTS = "artifacts"
 PACKAGES = ("flows", "pipeline_tasks")
 # Every runner is in flows/stages.py and records through flows/tracking.py; stages.py imports
@@ -82,55 +81,16 @@ BY_NAME = {s.name: s for s in STAGES}
 NAMES = tuple(BY_NAME)
 
 
-def _module_files() -> dict[str, Path]:
-    found = {}
-    for package in PACKAGES:
-        for path in sorted((REPO / package).rglob("*.py")):
-            parts = path.relative_to(REPO).with_suffix("").parts
-            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    return found
-
-
-def _imports(module: str, files: dict[str, Path]) -> set[str]:
-    """Project modules ``module`` imports anywhere in its file (lazy imports too)."""
-    found = set()
-    for node in ast.walk(ast.parse(files[module].read_text())):
-        names: list[str] = []
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
-        elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        for name in names:
-            while name.split(".")[0] in PACKAGES and name not in files and "." in name:
-                name = name.rsplit(".", 1)[0]
-            if name in files and name != module and name not in NOT_CODE:
-                found.add(name)
-    return found
-
-
 @cache
 def code_files(stage: str) -> tuple[str, ...]:
     """The files a stage runs, relative to the project root: the import closure of its entry
-    modules and the shared runners, sorted. Package ``__init__`` files are left out (empty)."""
-    files = _module_files()
-    seen: set[str] = set()
-    todo = [*BY_NAME[stage].code, *COMMON_CODE]
-    while todo:
-        module = todo.pop()
-        if module not in seen:
-            seen.add(module)
-            if module not in NOT_FOLLOWED:
-                todo += _imports(module, files)
-    return tuple(sorted(str(files[m].relative_to(REPO)) for m in seen
-                        if files[m].name != "__init__.py"))
+    modules and the shared runners, sorted."""
+    return tuple(codehash.closure([*BY_NAME[stage].code, *COMMON_CODE], PACKAGES, NOT_FOLLOWED, NOT_CODE))
 
 
 def code_digest(stage: str) -> str:
     """sha256 (16 hex) over the stage's code files: editing any of them reruns the stage."""
-    h = hashlib.sha256()
-    for rel in code_files(stage):
-        h.update(rel.encode() + b"\0" + (REPO / rel).read_bytes())
-    return h.hexdigest()[:16]
+    return codehash.digest(code_files(stage))[:16]
 
 
 def render_dvc_yaml() -> str:

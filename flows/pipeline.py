@@ -232,12 +232,24 @@ def _train_and_register(validated: ValidationRecord, cfg: PipelineConfig, paths:
         "labels_used": metrics["labels_used"], "train_labels": metrics["train_labels"],
         "val_labels": metrics["val_labels"], "test_images": metrics["test_images"],
         "pretrain_images": results["pretrain"].record.n_images,
+        "pretrain_steps": "{0.steps_trained} of {0.total_steps}".format(results["pretrain"].record),
+        "devices": devices(results),
         "test_macro_f1": metrics["test_macro_f1"],
         "mlflow_run_id": ctx.parent_run_id, "model_name": registered.model_name,
         "model_version": registered.version, "aliases": list(registered.aliases), "gate": registered.reason,
         "tracking_uri": mlflow.get_tracking_uri(), "data_dvc_md5": ctx.tags["data_dvc_md5"],
     }
     return summary, registered, source
+
+
+def devices(results: dict[str, StageResult]) -> str:
+    """Where each training stage ran: ``pretrain cpu (CPU (2 cores)) fp32; finetune ...``."""
+    found = []
+    for stage in ("pretrain", "finetune", "evaluate"):
+        rt = getattr(results[stage].record, "runtime", None) or {}
+        if rt:
+            found.append(f"{stage} {rt['device']} ({rt['device_name']}) {rt['precision']}")
+    return "; ".join(found)
 
 
 def _log_on_parent(paths: ArtifactPaths, registered: RegisterRecord, source: str | None) -> dict[str, Any]:

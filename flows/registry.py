@@ -139,7 +139,7 @@ def _scored(version: Any, metric: str) -> Scored:
 
 def rescore(model_uri: str, preprocessed_dir: Path, classes: list[str], metric: str) -> float:
     """``metric`` of a registered model on this run's test split, through its own pyfunc."""
-    from pipeline_tasks.evaluation.metrics import confusion_matrix, macro_f1  # noqa: PLC0415
+    from pipeline_tasks.evaluation.metrics import macro_f1  # noqa: PLC0415
 
     try:
         model = mlflow.pyfunc.load_model(model_uri)
@@ -150,7 +150,7 @@ def rescore(model_uri: str, preprocessed_dir: Path, classes: list[str], metric: 
     names = model.predict(pd.DataFrame({"image": [a[..., 0] if a.shape[2] == 1 else a for a in images]}))
     pred = np.array([classes.index(c) for c in names["class_name"]])
     if metric == "test_macro_f1":
-        return macro_f1(confusion_matrix(y.numpy(), pred, len(classes)))
+        return macro_f1(y.numpy(), pred, len(classes))
     return float((pred == y.numpy()).mean())
 
 

@@ -19,7 +19,7 @@ import mlflow
 
 from flows import graph
 from flows.registry import RegisterRecord, apply_decision, download_encoder, register_encoder, register_model
-from flows.tracking import log_dataset, mlflow_log_metrics, stage_run
+from flows.tracking import log_dataset, log_runtime, mlflow_log_metrics, stage_run
 from pipeline_tasks.config import PipelineConfig
 from pipeline_tasks.data.errors import DataError
 from pipeline_tasks.data.preprocess import PreprocessRecord, preprocess_data
@@ -142,7 +142,9 @@ def run_pretrain(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> 
                    cfg.section("pretrain"), ctx.tags):
         record = train(log_metrics=mlflow_log_metrics)
         mlflow.log_metrics({"pretrain_images": record.n_images, "pretrain_pool_images": record.n_pool,
-                            "data_wait_share": record.data_wait_share})
+                            "data_wait_share": record.data_wait_share, "steps_trained": record.steps_trained,
+                            "total_steps": record.total_steps, "images_seen": record.images_seen})
+        log_runtime(record.runtime)
         if record.resumed_at_epoch:
             mlflow.set_tag("resumed_at_epoch", str(record.resumed_at_epoch))
         mlflow.log_artifact(record.encoder_path, "pretrain")
@@ -185,6 +187,7 @@ def run_finetune(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> 
         mlflow.log_metrics({"best_val_accuracy": record.best_val_accuracy, "n_labeled": record.n_labeled,
                             "n_val_labels": record.n_val_labels, "labels_used": record.labels_used,
                             "steps": record.steps})
+        log_runtime(record.runtime)
         (paths.finetune / "summary.json").write_text(json.dumps(records, indent=2) + "\n")
         return record
 
@@ -203,6 +206,7 @@ def run_evaluate(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> 
             init_baseline if init_baseline.is_file() else None)
         metrics = json.loads(paths.metrics.read_text())
         mlflow.log_metrics(metrics)
+        log_runtime(record.runtime)
         mlflow.log_artifact(str(paths.metrics))
         mlflow.log_artifacts(str(paths.plots), "plots")
         return record  # the flow puts the headline numbers on its own run, cached or not

@@ -122,6 +122,11 @@ def mlflow_log_metrics(metrics: dict[str, float], step: int) -> None:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
+def log_runtime(runtime: dict[str, str]) -> None:
+    """The device, its name and the precision a stage ran on, as tags of its run."""
+    mlflow.set_tags({k: v for k, v in runtime.items() if v})
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, experiment_id: str, parent_run_id: str | None,
               params: dict[str, Any], tags: dict[str, str]) -> Iterator[str]:

@@ -83,7 +83,8 @@ class PretrainConfig(_Section):
     projection_dim: int = Field(128, ge=8)
     target_momentum: float = Field(0.99, ge=0, lt=1)  # byol: EMA of the target, cosine to 1
     vicreg_weights: tuple[float, float, float] = (25.0, 25.0, 1.0)  # invariance, variance, covariance
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on CUDA if supported
+    # auto: bf16 on GPUs with native bf16, fp16 with a gradient scaler on older GPUs, fp32 on CPU
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     compile: bool = False  # torch.compile the encoder (CUDA)
     # Augmentation: a preset, then any op set here (None keeps the preset's value).
     augment: Literal["digits", "simclr", "byol"] = "digits"
@@ -136,12 +137,14 @@ class FinetuneConfig(_Section):
     augment: Literal["digits", "natural", "none"] = "digits"
     weight_decay: float = Field(1e-4, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on CUDA if native, fp32 on CPU
     seed: int = 0
 
 
 class EvaluateConfig(_Section):
     batch_size: int = Field(512, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
 
 
 class RegisterConfig(_Section):

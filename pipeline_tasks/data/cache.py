@@ -7,6 +7,7 @@ so a data set larger than memory is decoded once and then paged in batch by batc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -77,6 +78,26 @@ def load_split(out_dir: str | Path, name: str) -> tuple[torch.Tensor, torch.Tens
     labels = labels_file(out_dir, name)
     return (torch.from_numpy(np.array(open_images(out_dir, name))),
             torch.from_numpy(np.load(labels)) if labels.is_file() else torch.empty(0, dtype=torch.int64))
+
+
+def content_digest(out_dir: str | Path, splits: tuple[str, ...]) -> str:
+    """sha256 over the cached images of ``splits`` (their ``.npy`` bytes, in order): the exact
+    content a model trains on, whatever the files were called or when they were written."""
+    h = hashlib.sha256()
+    for split in splits:
+        path = images_file(out_dir, split)
+        h.update(f"{split}\0".encode())
+        if path.is_file():
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 22), b""):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
+def load_split_labels(out_dir: str | Path, name: str) -> np.ndarray:
+    """The int64 labels ``[N]`` of a split (empty when it has none)."""
+    path = labels_file(out_dir, name)
+    return np.load(path) if path.is_file() else np.empty(0, dtype=np.int64)
 
 
 def recipe(out_dir: str | Path) -> dict[str, Any]:

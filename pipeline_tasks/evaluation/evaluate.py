@@ -1,21 +1,22 @@
-"""Held-out evaluation: accuracy, macro F1, calibration, a confusion-matrix plot."""
+"""Held-out evaluation: accuracy, macro F1, calibration, the confusion matrices, a reliability
+diagram and the model against its baselines."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from pipeline_tasks.config import EvaluateConfig
-from pipeline_tasks.data.cache import load_split
-from pipeline_tasks.evaluation.metrics import confusion_matrix, expected_calibration_error, macro_f1
-from pipeline_tasks.evaluation.plots import render_confusion
+from pipeline_tasks.data.cache import load_split_labels, open_images
+from pipeline_tasks.evaluation.metrics import classification_metrics, confusion_matrix
+from pipeline_tasks.evaluation.plots import compare_scores, confusion_matrices, reliability_diagram
 from pipeline_tasks.models.classifier import load_classifier
-from pipeline_tasks.models.device import resolve_device
 from pipeline_tasks.models.inference import predict_logits
+from pipeline_tasks.runtime import Runtime, resolve_runtime
 
 
 @dataclass(frozen=True)
@@ -26,27 +27,21 @@ class EvaluateRecord:
     test_macro_f1: float
     scratch_test_accuracy: float | None = None  # the from-scratch baseline, when trained
     lift_points: float | None = None  # (test_accuracy - scratch_test_accuracy) * 100
-
-
-
-
-
-
-
-
+    runtime: dict[str, str] = field(default_factory=dict)  # device, device_name, precision
 
 
 def score(preprocessed_dir: str | Path, classifier_path: str | Path, batch_size: int,
-          device: str = "auto") -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``(probabilities [N, K], true labels [N], class names)`` on the test split, computed on
-    ``device`` (the GPU when there is one)."""
+          runtime: Runtime | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(probabilities [N, K], true labels [N], class names)`` on the test split, streamed from
+    the memory-mapped cache ``batch_size`` images at a time, on ``runtime`` (default: the GPU
+    when there is one, quietly the CPU otherwise)."""
     model, classes = load_classifier(classifier_path)
-    x, y = load_split(preprocessed_dir, "test")
+    x, y = open_images(preprocessed_dir, "test"), load_split_labels(preprocessed_dir, "test")
     if len(x) == 0:
         raise ValueError("the test split is empty: add images or raise preprocess.test_fraction")
-    target = resolve_device(device)
-    probs = torch.softmax(predict_logits(model.to(target), x, target, batch_size), 1).numpy()
-    return probs, y.numpy(), classes
+    rt = runtime or resolve_runtime("cpu" if not torch.cuda.is_available() else "auto", "auto", "evaluate")
+    logits = predict_logits(model.to(rt.device), x, rt.device, batch_size, rt.dtype)
+    return torch.softmax(logits, 1).numpy(), y, classes
 
 
 def evaluate_classifier(
@@ -57,20 +52,16 @@ def evaluate_classifier(
     """Score the classifier, and the baselines given (``baseline_path``: scratch;
     ``init_baseline_path``: fine-tuned from ``pretrain.init`` without pretraining), on the test
     split; writes ``metrics_path`` (DVC metrics, with ``extra`` merged in) and
-    ``plots_dir/{confusion_matrix.png, predictions.csv}``."""
-    probs, y_true, classes = score(preprocessed_dir, classifier_path, cfg.batch_size, cfg.device)
+    ``plots_dir/`` (``confusion_matrix.png``, ``reliability.png``, ``baselines.png``,
+    ``predictions.csv``)."""
+    runtime = resolve_runtime(cfg.device, cfg.precision, "evaluate")
+    probs, y_true, classes = score(preprocessed_dir, classifier_path, cfg.batch_size, runtime)
     y_pred = probs.argmax(1)
-    cm = confusion_matrix(y_true, y_pred, len(classes))
-    metrics: dict[str, float] = {
-        "test_accuracy": float((y_true == y_pred).mean()),
-        "test_macro_f1": macro_f1(cm),
-        "test_ece": expected_calibration_error(probs, y_true),
-        "test_images": int(len(y_true)),
-    }
+    metrics: dict[str, float] = {**classification_metrics(probs, y_true), "test_images": int(len(y_true))}
     scratch = lift = None
     for name, path in (("scratch", baseline_path), ("init", init_baseline_path)):
         if path is not None:
-            base_probs, _, _ = score(preprocessed_dir, path, cfg.batch_size, cfg.device)
+            base_probs, _, _ = score(preprocessed_dir, path, cfg.batch_size, runtime)
             accuracy = float((base_probs.argmax(1) == y_true).mean())
             gain = round((metrics["test_accuracy"] - accuracy) * 100, 2)
             metrics[f"{name}_test_accuracy"] = accuracy
@@ -81,9 +72,13 @@ def evaluate_classifier(
     Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
     Path(metrics_path).write_text(json.dumps(metrics, indent=2) + "\n")
     plots = Path(plots_dir)
-    png = plots / "confusion_matrix.png"
-    render_confusion(cm, classes, png)
+    png = confusion_matrices(confusion_matrix(y_true, y_pred, len(classes)), classes,
+                             plots / "confusion_matrix.png")
+    reliability_diagram(probs, y_true, plots / "reliability.png")
+    compare_scores({"this model": metrics["test_accuracy"],
+                    **{f"{n} baseline": metrics[f"{n}_test_accuracy"] for n in ("scratch", "init")
+                       if f"{n}_test_accuracy" in metrics}}, plots / "baselines.png")
     rows = "".join(f"{classes[t]},{classes[p]}\n" for t, p in zip(y_true, y_pred, strict=True))
     (plots / "predictions.csv").write_text("actual,predicted\n" + rows)
     return EvaluateRecord(str(metrics_path), str(png), metrics["test_accuracy"], metrics["test_macro_f1"],
-                          scratch, lift)
+                          scratch, lift, runtime.describe())

@@ -20,22 +20,24 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning_fabric import Fabric
 from torch import nn
 
 from pipeline_tasks.config import FinetuneConfig
 from pipeline_tasks.data.cache import load_split, recipe
 from pipeline_tasks.finetune.subsets import labeled_subset, step_budget, stratified_subset
 from pipeline_tasks.models.classifier import save_classifier
-from pipeline_tasks.models.device import resolve_device
 from pipeline_tasks.models.encoders import Classifier, ResNetEncoder
 from pipeline_tasks.models.inference import embed, predict_logits, to_float
 from pipeline_tasks.models.weights import load_encoder, load_init
 from pipeline_tasks.progress import Progress
+from pipeline_tasks.runtime import Runtime, resolve_runtime
+from pipeline_tasks.ssl import distributed
 from pipeline_tasks.ssl.views import ViewAugment
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,7 @@ class FinetuneRecord:
     steps: int
     best_val_accuracy: float
     best_step: int
+    runtime: dict[str, str] = field(default_factory=dict)  # device, device_name, precision
 
     @property
     def labels_used(self) -> int:
@@ -70,21 +73,11 @@ class FinetuneRecord:
         return {**asdict(self), "labels_used": self.labels_used}
 
 
-
-
-
-
-
-
-
-
-
-
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
               on_features: bool) -> float:
     if len(x) == 0:
         return float("nan")
-    with torch.no_grad():
+    with torch.no_grad():  # the model is under Fabric: its forward applies the precision
         logits = model.eval()(x) if on_features else predict_logits(model, x, device)
     return float((logits.argmax(1).cpu() == y.cpu()).float().mean())
 
@@ -99,14 +92,17 @@ class _Fit:
 
 
 def _fit(model: nn.Module, param_groups: list[dict[str, Any]], data: tuple[torch.Tensor, ...],
-         cfg: FinetuneConfig, device: torch.device, augment: ViewAugment | None,
+         cfg: FinetuneConfig, fabric: Fabric, augment: ViewAugment | None,
          log_metrics: LogMetrics, on_features: bool = False) -> _Fit:
-    """The step loop shared by every mode. ``data`` = (x, y, val_x, val_y): uint8 images, or
-    with ``on_features`` precomputed features for a linear head."""
+    """The step loop shared by every mode, under ``fabric`` (its device and precision).
+    ``data`` = (x, y, val_x, val_y): uint8 images, or with ``on_features`` precomputed
+    features for a linear head."""
     x, y, val_x, val_y = data
+    device = fabric.device
     total, every = step_budget(len(x), cfg)
     progress = Progress(total, min(cfg.batch_size, len(x)), "finetune")
-    optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, optimizer = fabric.setup(model, torch.optim.AdamW(param_groups, lr=cfg.lr,
+                                                              weight_decay=cfg.weight_decay))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
     generator = torch.Generator(device=x.device).manual_seed(cfg.seed)
     best = _Fit(copy.deepcopy(model.state_dict()), -1.0, 0)
@@ -120,11 +116,9 @@ def _fit(model: nn.Module, param_groups: list[dict[str, Any]], data: tuple[torch
         inputs = x[idx] if on_features else augment(x[idx], generator) if augment else to_float(x[idx])
         if device.type == "cuda" and not on_features:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(inputs)
-        loss = nn.functional.cross_entropy(logits.float(), y[idx])
+        loss = nn.functional.cross_entropy(model(inputs).float(), y[idx])
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        fabric.backward(loss)
         optimizer.step()
         scheduler.step()
         running, since = running + loss.detach(), since + 1  # no host sync until a check
@@ -141,17 +135,18 @@ def _fit(model: nn.Module, param_groups: list[dict[str, Any]], data: tuple[torch
 
 
 def _linear_probe(encoder: ResNetEncoder, n_classes: int, data: tuple[torch.Tensor, ...],
-                  cfg: FinetuneConfig, device: torch.device, log_metrics: LogMetrics) -> tuple[
+                  cfg: FinetuneConfig, fabric: Fabric, runtime: Runtime, log_metrics: LogMetrics) -> tuple[
                       Classifier, _Fit]:
     """Features once, standardised; a linear head on them, folded back into one Classifier."""
     x, y, val_x, val_y = data
+    device = fabric.device
     encoder = encoder.to(device)
-    feats = embed(encoder, x, device, normalize=False)
-    val_feats = embed(encoder, val_x, device, normalize=False)
+    feats = embed(encoder, x, device, normalize=False, dtype=runtime.dtype)
+    val_feats = embed(encoder, val_x, device, normalize=False, dtype=runtime.dtype)
     mean, std = feats.mean(0), feats.std(0, unbiased=False).clamp_min(1e-6)
     head = nn.Linear(encoder.feature_dim, n_classes).to(device)
     fit = _fit(head, [{"params": head.parameters()}],
-               ((feats - mean) / std, y, (val_feats - mean) / std, val_y), cfg, device, None, log_metrics,
+               ((feats - mean) / std, y, (val_feats - mean) / std, val_y), cfg, fabric, None, log_metrics,
                on_features=True)
     model = Classifier(encoder, n_classes).to(device)
     with torch.no_grad():  # head(f) on standardised f == (W / std) f + (b - W mean / std)
@@ -173,7 +168,8 @@ def finetune_classifier(
     "preprocess"}``."""
     mode = mode or cfg.mode
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
+    runtime = resolve_runtime(cfg.device, cfg.precision, "finetune")
+    fabric, device = distributed.single_device(runtime), runtime.device
     train_x, train_y = load_split(preprocessed_dir, "train")
     val_x, val_y = load_split(preprocessed_dir, "val")
     subset = labeled_subset(train_y, cfg.label_fraction, cfg.seed)
@@ -188,7 +184,7 @@ def finetune_classifier(
         load_init(encoder, init_path)
     if mode == "linear":
         encoder.requires_grad_(False)
-        model, fit = _linear_probe(encoder, len(classes), data, cfg, device, log_metrics)
+        model, fit = _linear_probe(encoder, len(classes), data, cfg, fabric, runtime, log_metrics)
     else:
         model = Classifier(encoder, len(classes)).to(device)
         if device.type == "cuda":
@@ -196,17 +192,14 @@ def finetune_classifier(
         scale = cfg.encoder_lr_scale if mode in ("full", "init") else 1.0
         groups: list[dict[str, Any]] = [{"params": model.encoder.parameters(), "lr": cfg.lr * scale},
                   {"params": model.head.parameters()}]
-        fit = _fit(model, groups, data, cfg, device, FINETUNE_AUGMENT.get(cfg.augment), log_metrics)
+        fit = _fit(model, groups, data, cfg, fabric, FINETUNE_AUGMENT.get(cfg.augment), log_metrics)
     total, _ = step_budget(len(subset), cfg)
     log.info("finetune (%s): %d labeled + %d validation images, %d steps, best val_accuracy %.4f "
              "at step %d", mode, len(subset), len(val_subset), total, fit.accuracy, fit.step)
     path = Path(out_dir) / out_name
     path.parent.mkdir(parents=True, exist_ok=True)
     save_classifier(model, classes, recipe(preprocessed_dir), path)
-    return FinetuneRecord(str(path), mode, len(subset), len(val_subset), total, fit.accuracy, fit.step)
-
-
-
-
+    return FinetuneRecord(str(path), mode, len(subset), len(val_subset), total, fit.accuracy, fit.step,
+                          runtime.describe())
 
 

@@ -13,33 +13,34 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device,
-                   batch: int = 512) -> torch.Tensor:
-    """uint8 ``[N,C,H,W]`` -> float logits ``[N, n_classes]`` on the CPU; computed on
-    ``device`` (bf16, channels_last on CUDA), where ``model`` must already be."""
+def predict_logits(model: nn.Module, images: torch.Tensor | np.ndarray, device: torch.device,
+                   batch: int = 512, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """uint8 ``[N,C,H,W]`` (memory-mapped or not) -> float logits ``[N, n_classes]`` on the
+    CPU; computed on ``device`` (channels_last on CUDA), where ``model`` must already be, under
+    autocast to ``dtype`` when given (``Runtime.dtype``)."""
     model.eval()
     out = []
     for i in range(0, len(images), batch):
-        x = to_float(images[i:i + batch].to(device, non_blocking=True))
+        x = to_float(torch.from_numpy(np.array(images[i:i + batch])).to(device, non_blocking=True))
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             out.append(model(x).float())
     return torch.cat(out).cpu() if out else torch.empty(0)
 
 
 @torch.no_grad()
 def embed(encoder: nn.Module, images: np.ndarray | torch.Tensor, device: torch.device,
-          batch: int = 512, normalize: bool = True) -> torch.Tensor:
-    """uint8 ``[N,C,H,W]`` (memory-mapped or not) -> features ``[N, D]`` on the device,
+          batch: int = 512, normalize: bool = True, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """uint8 ``[N,C,H,W]`` (memory-mapped or not) -> float features ``[N, D]`` on the device,
     L2-normalised unless ``normalize`` is False (eval mode, no augmentation), ``batch`` images
-    at a time."""
+    at a time, under autocast to ``dtype`` when given."""
     was_training = encoder.training
     encoder.eval()
     feats = []
     for i in range(0, len(images), batch):
-        chunk = torch.as_tensor(np.asarray(images[i:i + batch])).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        chunk = torch.from_numpy(np.array(images[i:i + batch])).to(device)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             feats.append(encoder(to_float(chunk)).float())
     encoder.train(was_training)
     out = torch.cat(feats) if feats else torch.empty(0, device=device)

@@ -1,7 +1,7 @@
 """Self-supervised losses as free functions of tensors.
 
 ``gather`` arguments take a function that concatenates a tensor over all distributed ranks,
-keeping gradients (``distributed.gather_with_grad``); the default is the identity, one process.
+keeping gradients (``distributed.gatherer``); the default is the identity, one process.
 """
 
 from __future__ import annotations

@@ -56,7 +56,6 @@ class SSLMethod(nn.Module):
         """Called after every optimiser step with the share of training done, in [0, 1]."""
 
 
-
 class SimCLR(SSLMethod):
     def __init__(self, encoder: nn.Module, feature_dim: int, cfg: PretrainConfig) -> None:
         super().__init__(encoder, feature_dim)

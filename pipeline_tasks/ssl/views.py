@@ -24,8 +24,6 @@ import torch.nn.functional as F
 _LUMA = (0.299, 0.587, 0.114)
 
 
-
-
 @dataclass(frozen=True)
 class ViewAugment:
     """One view's recipe; probabilities and strengths are per image."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from pipeline_tasks.config import PipelineConfig
+from pipeline_tasks.config import PipelineConfig, PretrainConfig
 from pipeline_tasks.data.preprocess import PreprocessRecord
 from pipeline_tasks.ssl.checkpoint import LAST
 from tests.conftest import free_port, write_tiny_params
@@ -25,6 +26,8 @@ pytestmark = pytest.mark.slow
 SCRIPT = '''
 import json, logging, os, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+if os.environ.get("DEBUG_LOG"):
+    logging.getLogger("pipeline_tasks").setLevel(logging.DEBUG)
 from pipeline_tasks.config import PretrainConfig
 from pipeline_tasks.ssl.trainer import pretrain_encoder
 losses = {}
@@ -96,7 +99,7 @@ def test_torchrun_two_processes_match_one(pre: PreprocessRecord, tiny_cfg: Pipel
     assert "batch 32 over 2 rank(s)" in ddp.stdout and "batch 32 over 1 rank(s)" in one.stdout
     first_ddp, first_one = _record(ddp.stdout)["first"], _record(one.stdout)["first"]
     assert abs(first_ddp - first_one) / first_one < 0.05, (first_ddp, first_one)
-    assert sorted(p.name for p in (tmp_path / "ddp-ckpt").iterdir()) == [LAST]  # rank 0 only
+    assert not list((tmp_path / "ddp-ckpt").glob("*"))  # nothing left: a finished run retires its checkpoint
     assert (tmp_path / "ddp" / "encoder.pt").is_file()
 
 
@@ -121,8 +124,78 @@ def test_torchrun_runs_the_pretrain_stage_from_the_cli(tiny_data: Path, tmp_path
                          capture_output=True, text=True, timeout=600)
     assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
     assert (tmp_path / "artifacts" / "pretrain" / "encoder.pt").is_file()
-    assert [p.name for p in (tmp_path / "artifacts" / "checkpoints" / "pretrain").iterdir()] == [LAST]
+    assert not list((tmp_path / "artifacts" / "checkpoints" / "pretrain").glob("*"))  # retired when done
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("pretrainflow")
     runs = client.search_runs([experiment.experiment_id], "attributes.run_name = 'pretrain'")
     assert len(runs) == 1 and runs[0].data.metrics["pretrain_images"] == 90  # one run, from rank 0
+
+
+def _torchrun(tmp_path: Path, cfg: PretrainConfig, pre: str, name: str) -> list[str]:
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+            "--master-addr", "127.0.0.1", "--master-port", str(free_port()), str(script),
+            cfg.model_dump_json(), pre, str(tmp_path / name), str(tmp_path / "ckpt")]
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[str], seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+        time.sleep(0.05)
+
+
+def _ranks(tmp_path: Path) -> dict[int, int]:
+    """rank -> pid of the torchrun workers running the script in ``tmp_path`` (torchrun starts
+    them in sessions of their own, so killing the launcher's group would not reach them)."""
+    ranks = {}
+    for child in Path("/proc").glob("[0-9]*"):
+        try:
+            env = dict(v.split("=", 1) for v in (child / "environ").read_text().split("\0") if "=" in v)
+            if str(tmp_path) in (child / "cmdline").read_text() and "RANK" in env:
+                ranks[int(env["RANK"])] = int(child.name)
+        except OSError:
+            continue
+    assert set(ranks) == {0, 1}, ranks
+    return ranks
+
+
+def test_torchrun_resume_after_sigkill_gives_each_rank_its_own_stream(
+        pre: PreprocessRecord, tiny_cfg: PipelineConfig, tmp_path: Path) -> None:
+    import hashlib
+
+    cfg = tiny_cfg.pretrain.model_copy(update={"epochs": 40, "batch_size": 16, "knn_every_epochs": 0,
+                                               "checkpoint_every_steps": 2})
+    argv = _torchrun(tmp_path, cfg, pre.out_dir, "out")
+    proc = subprocess.Popen(argv, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for(tmp_path / "ckpt" / LAST, proc)
+    time.sleep(0.5)
+    for pid in [proc.pid, *_ranks(tmp_path).values()]:  # the whole job: launcher and both ranks
+        os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    state = torch.load(tmp_path / "ckpt" / LAST, weights_only=True)
+    saved = [hashlib.sha256(s.numpy().tobytes()).hexdigest()[:12] for s in state["augment_rng"]]
+    assert len(saved) == 2 and saved[0] != saved[1]  # one augmentation stream per rank
+
+    again = subprocess.run(argv, env={**_env(), "DEBUG_LOG": "1"}, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    out = again.stdout + again.stderr
+    resumed = {int(r): d for r, d in re.findall(r"rank (\d) resumes its augmentation stream (\w+)", out)}
+    assert resumed == {0: saved[0], 1: saved[1]}  # each rank restored its own state, not rank 0's
+
+
+def test_killing_one_rank_ends_the_other_promptly(pre: PreprocessRecord, tiny_cfg: PipelineConfig,
+                                                   tmp_path: Path) -> None:
+    cfg = tiny_cfg.pretrain.model_copy(update={"epochs": 200, "batch_size": 16, "knn_every_epochs": 0,
+                                               "checkpoint_every_steps": 2})
+    proc = subprocess.Popen(_torchrun(tmp_path, cfg, pre.out_dir, "out"), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    _wait_for(tmp_path / "ckpt" / LAST, proc)
+    ranks = _ranks(tmp_path)
+    os.kill(ranks[1], signal.SIGKILL)
+    killed = time.monotonic()
+    out, _ = proc.communicate(timeout=120)
+    assert time.monotonic() - killed < 60 and proc.returncode != 0
+    assert "rank" in out and ("SIGKILL" in out or "Signal 9" in out), out[-2000:]

@@ -16,7 +16,7 @@ from pipeline_tasks.data.cache import decode_into
 from pipeline_tasks.data.decode import prepare_image
 from pipeline_tasks.models.encoders import EncoderSpec, ResNetEncoder
 from pipeline_tasks.ssl.monitors import knn_accuracy
-from pipeline_tasks.ssl.trainer import build_encoder
+from pipeline_tasks.ssl.run import build_encoder
 
 
 @pytest.mark.parametrize(("arch", "dim"), [("resnet18", 512), ("resnet50", 2048)])

@@ -61,8 +61,9 @@ def test_artifact_paths_are_the_graphs_outputs() -> None:
 
 
 # One valid change per params entry a stage may read.
-CHANGE = {"data": "data.limit_per_class=3", "validate": "validate.min_width=9", "preprocess": "preprocess.seed=7",
-          "pretrain": "pretrain.epochs=3", "pretrain.init": "pretrain.init=x.pt", "finetune": "finetune.lr=0.5",
+CHANGE = {"data": "data.limit_per_class=3", "validate": "validate.min_width=9",
+          "preprocess": "preprocess.seed=7", "pretrain": "pretrain.epochs=3",
+          "pretrain.init": "pretrain.init=x.pt", "finetune": "finetune.lr=0.5",
           "evaluate": "evaluate.batch_size=7", "register": "register.min_improvement=0.5"}
 
 

@@ -6,43 +6,22 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-from pathlib import Path
 
+from pipeline_tasks import codehash
 from tests.conftest import REPO
 
-PACKAGES = ("flows", "pipeline_tasks")
+MODULES = codehash.module_files(("flows", "pipeline_tasks"))
 
 
-def _modules(package: str) -> dict[str, Path]:
-    found = {}
-    for path in sorted((REPO / package).rglob("*.py")):
-        parts = path.relative_to(REPO).with_suffix("").parts
-        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    return found
-
-
-MODULES = {**_modules("flows"), **_modules("pipeline_tasks")}
-
-
-def imports(module: str) -> set[str]:
-    """Every module ``module`` imports anywhere in its file (lazy imports included), resolved
-    to the longest project module name, or to its top-level package for third-party code."""
+def third_party(module: str) -> set[str]:
+    """Top-level names of the packages outside the project that ``module`` imports anywhere."""
     found = set()
     for node in ast.walk(ast.parse(MODULES[module].read_text())):
-        names: list[str] = []
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+            found.add(node.module.split(".")[0])
         elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        for name in names:
-            if name.split(".")[0] in PACKAGES:
-                while name not in MODULES and "." in name:
-                    name = name.rsplit(".", 1)[0]
-                if name in MODULES and name != module:
-                    found.add(name)
-            else:
-                found.add(name.split(".")[0])
-    return found
+            found |= {a.name.split(".")[0] for a in node.names}
+    return found - {"flows", "pipeline_tasks"}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -67,7 +46,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_no_import_circle() -> None:
-    graph = {m: {i for i in imports(m) if i in MODULES} for m in MODULES}
+    graph = {m: codehash.imports(m, MODULES) for m in MODULES}
     assert find_cycle(graph) is None, f"import circle: {' -> '.join(find_cycle(graph) or [])}"
 
 
@@ -77,7 +56,8 @@ def test_the_cycle_finder_finds_a_circle() -> None:
 
 
 def test_pipeline_tasks_never_imports_flows_prefect_or_mlflow() -> None:
-    bad = {m: sorted(i for i in imports(m) if i.split(".")[0] in ("flows", "prefect", "mlflow"))
+    bad = {m: sorted({*third_party(m) & {"prefect", "mlflow"},
+                      *(i for i in codehash.imports(m, MODULES) if i.startswith("flows"))})
            for m in MODULES if m.startswith("pipeline_tasks")}
     assert not {m: b for m, b in bad.items() if b}
 

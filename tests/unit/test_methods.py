@@ -81,12 +81,20 @@ def test_lars_lowers_a_loss_and_skips_biases() -> None:
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_one_epoch_on_tiny_data_writes_encoder_and_checkpoint(
+def test_a_run_checkpoints_each_epoch_and_retires_the_checkpoint_when_done(
         name: str, pre: PreprocessRecord, tiny_cfg: PipelineConfig, tmp_path: Path) -> None:
-    cfg = tiny_cfg.pretrain.model_copy(update={"method": name, "epochs": 1})
-    rec = pretrain_encoder(pre.out_dir, cfg, tmp_path / "out", checkpoint_dir=tmp_path / "ckpt")
-    state = torch.load(tmp_path / "ckpt" / LAST, weights_only=True)
-    assert state["epoch"] == 0 and state["step"] == 2 and "optimizer" in state  # 90 images, batch 32
+    cfg = tiny_cfg.pretrain.model_copy(update={"method": name, "epochs": 2})
+    seen = []
+
+    def log_metrics(metrics: dict[str, float], step: int) -> None:
+        if step == 0 and "pretrain_loss" in metrics:  # after the first epoch's checkpoint
+            seen.append(torch.load(tmp_path / "ckpt" / LAST, weights_only=True))
+
+    rec = pretrain_encoder(pre.out_dir, cfg, tmp_path / "out", log_metrics, checkpoint_dir=tmp_path / "ckpt")
+    assert seen[0]["epoch"] == 0 and seen[0]["step"] == 2 and "optimizer" in seen[0]  # 90 images, batch 32
+    assert not (tmp_path / "ckpt" / LAST).exists()  # a finished run is never resumed
+    assert rec.steps_trained == rec.total_steps == 4 and rec.images_seen == 4 * 2 * 32
+    assert rec.runtime["device"] == "cpu" and rec.runtime["precision"] == "fp32"
     assert load_encoder(rec.encoder_path)(torch.zeros(1, 1, 28, 28)).shape == (1, 64)
     assert (tmp_path / "out" / "views.png").is_file() and torch.isfinite(torch.tensor(rec.final_loss))
 

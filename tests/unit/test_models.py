@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from pipeline_tasks.models.device import resolve_device
 from pipeline_tasks.models.encoders import Classifier, EncoderSpec, ResNetEncoder
+from pipeline_tasks.runtime import DeviceError, resolve_runtime
 from pipeline_tasks.ssl.methods import mlp
 
 
@@ -30,5 +30,5 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="encoder spec"):
         ResNetEncoder(EncoderSpec(in_channels=2))
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available"):
-            resolve_device("cuda")
+        with pytest.raises(DeviceError, match="pretrain.device: cuda, but no CUDA GPU"):
+            resolve_runtime("cuda")

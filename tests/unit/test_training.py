@@ -11,7 +11,6 @@ from PIL import Image
 from pipeline_tasks.config import PipelineConfig
 from pipeline_tasks.data.preprocess import PreprocessRecord
 from pipeline_tasks.evaluation.evaluate import evaluate_classifier
-from pipeline_tasks.evaluation.metrics import confusion_matrix, macro_f1
 from pipeline_tasks.finetune.subsets import labeled_subset
 from pipeline_tasks.finetune.train import finetune_classifier
 from pipeline_tasks.models.classifier import load_classifier
@@ -71,14 +70,6 @@ def test_linear_probe_keeps_the_encoder(pre: PreprocessRecord, encoder_path: str
     before = load_encoder(encoder_path).state_dict()
     after = load_classifier(rec.classifier_path)[0].encoder.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-
-
-def test_metrics_by_hand() -> None:
-    y, p = np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1])
-    cm = confusion_matrix(y, p, 3)
-    assert cm.tolist() == [[1, 1, 0], [0, 2, 0], [0, 0, 0]]
-    # F1: class 0 = 2/3, class 1 = 0.8, class 2 (absent, never predicted) = 0
-    assert macro_f1(cm) == pytest.approx((2 / 3 + 0.8 + 0) / 3)
 
 
 @pytest.fixture(scope="module")

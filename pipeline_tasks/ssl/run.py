@@ -1,0 +1,167 @@
+"""One pretraining run's state, built once: the method under Fabric, its optimiser and schedule,
+the batches, the views and the random streams; saved to and restored from checkpoints.
+
+Budgets are global: ``batch_size`` images per step over all ranks, each rank taking its shard of
+the same seeded order. The sample order comes from one CPU generator that every rank shares;
+the augmentations from one generator per rank on its device, whose state each checkpoint keeps
+per rank.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric import Fabric
+from torch import nn
+
+from pipeline_tasks.config import PretrainConfig
+from pipeline_tasks.data.batches import BatchSource
+from pipeline_tasks.data.cache import open_images
+from pipeline_tasks.models.encoders import EncoderSpec, ResNetEncoder
+from pipeline_tasks.models.weights import load_init
+from pipeline_tasks.ssl import checkpoint, distributed
+from pipeline_tasks.ssl.methods import SSLMethod, build_method
+from pipeline_tasks.ssl.optim import build_optimizer, warmup_cosine
+from pipeline_tasks.ssl.views import ViewAugment, view_pair
+
+log = logging.getLogger(__name__)
+LogMetrics = Callable[[dict[str, float], int], None]
+
+
+@dataclass(frozen=True)
+class Budget:
+    batch: int  # global, over all ranks
+    steps_per_epoch: int
+    epochs: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a run starts: an epoch, the index of the next step in it, and that epoch's order
+    when it is resumed mid-way."""
+
+    epoch: int = 0
+    index: int = 0
+    order: torch.Tensor | None = None
+    resumed_from_step: int | None = None
+
+
+@dataclass
+class Run:
+    """Everything one training run holds, so the epoch loop reads as the algorithm."""
+
+    cfg: PretrainConfig
+    fabric: Fabric
+    method: SSLMethod  # unwrapped: its encoder is what gets saved
+    model: nn.Module  # the method under Fabric (DDP, precision), compiled when asked
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    source: BatchSource
+    views: tuple[ViewAugment, ViewAugment]
+    augment_rng: torch.Generator  # on the device, one stream per rank
+    order_rng: torch.Generator  # on the CPU, the same on every rank
+    budget: Budget
+    checkpoint_dir: Path | None
+    fingerprint: str
+
+    def save(self, epoch: int, next_index: int, order: torch.Tensor) -> None:
+        """A checkpoint (every rank calls; rank 0 writes), never at the very end of training."""
+        step = epoch * self.budget.steps_per_epoch + next_index
+        if self.checkpoint_dir is None or step >= self.budget.total_steps:
+            return
+        checkpoint.save(self.fabric, self.checkpoint_dir, {
+            "fingerprint": self.fingerprint, "epoch": epoch, "next_index": next_index, "step": step,
+            "order": order, "model": self.method, "optimizer": self.optimizer, "scheduler": self.scheduler,
+            "precision": self.fabric.strategy.precision, "order_rng": self.order_rng.get_state(),
+            "augment_rng": distributed.gather_states(self.fabric, self.augment_rng.get_state()),
+            "torch_rng": distributed.gather_states(self.fabric, torch.get_rng_state())})
+
+    def resume(self) -> Position:
+        """The position of this run's last checkpoint, its state restored on every rank."""
+        if self.checkpoint_dir is None or self.cfg.resume != "auto":
+            return Position()
+        state, why = checkpoint.load(self.fabric, self.checkpoint_dir, self.fingerprint)
+        if why != "no checkpoint" and self.fabric.is_global_zero:
+            log.log(logging.INFO if state is not None else logging.WARNING, why)
+        if state is None:
+            return Position()
+        for key, target in (("model", self.method), ("optimizer", self.optimizer),
+                            ("scheduler", self.scheduler), ("precision", self.fabric.strategy.precision)):
+            target.load_state_dict(state[key])
+        rank = self.fabric.global_rank
+        self.augment_rng.set_state(state["augment_rng"][rank].clone())  # a view with an offset is refused
+        log.debug("rank %d resumes its augmentation stream %s", rank,
+                  hashlib.sha256(state["augment_rng"][rank].numpy().tobytes()).hexdigest()[:12])
+        torch.set_rng_state(state["torch_rng"][rank].clone())
+        self.order_rng.set_state(state["order_rng"])
+        epoch, index = int(state["epoch"]), int(state["next_index"])
+        if index >= self.budget.steps_per_epoch:
+            return Position(epoch + 1, 0, None, int(state["step"]))
+        return Position(epoch, index, state["order"], int(state["step"]))
+
+
+def build_encoder(cfg: PretrainConfig, channels: int, init_path: str | Path | None) -> tuple[
+        ResNetEncoder, list[str]]:
+    """The encoder of ``cfg``, from random weights or from ``init_path``: an encoder this
+    project saved (``{"spec", "state_dict"}``) or a torchvision-format ResNet state dict."""
+    spec = EncoderSpec(in_channels=channels, base_width=cfg.base_width, arch=cfg.encoder,
+                       small_stem=cfg.small_stem)
+    encoder = ResNetEncoder(spec)
+    return encoder, [] if init_path is None else load_init(encoder, init_path)
+
+
+def _budget(n: int, cfg: PretrainConfig, world_size: int) -> Budget:
+    if n < 2 * world_size:
+        raise ValueError(f"pretraining needs at least {2 * world_size} images, found {n}")
+    local = max(2, min(cfg.batch_size, n) // world_size)
+    batch = local * world_size
+    return Budget(batch, n // batch, cfg.epochs)
+
+
+def _wrap(fabric: Fabric, method: SSLMethod, cfg: PretrainConfig, budget: Budget) -> tuple[
+        nn.Module, Any, torch.optim.lr_scheduler.LambdaLR]:
+    """The method and its optimiser under Fabric, and the warmup-cosine schedule."""
+    if fabric.device.type == "cuda":
+        method = method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if fabric.world_size > 1:
+        method.gather, method.rank = distributed.gatherer(fabric), fabric.global_rank
+    optimizer = build_optimizer(method, cfg, budget.batch)
+    model: nn.Module = method
+    if cfg.compile and fabric.device.type == "cuda":
+        model = torch.compile(method)  # type: ignore[assignment]
+    model, optimizer = fabric.setup(model, optimizer)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
+        cfg.warmup_epochs * budget.steps_per_epoch, budget.total_steps))
+    return model, optimizer, scheduler
+
+
+def build_run(fabric: Fabric, preprocessed_dir: Path, cfg: PretrainConfig, checkpoint_dir: Path | None,
+              init_path: str | Path | None, data_digest: str) -> tuple[Run, list[str], int]:
+    """The run, the notes on its starting weights, and how many pool images it trains on."""
+    train, pool = open_images(preprocessed_dir, "train"), open_images(preprocessed_dir, "pool")
+    source = BatchSource([train, pool], fabric.device)
+    budget = _budget(len(source), cfg, fabric.world_size)
+    encoder, notes = build_encoder(cfg, int(source.shape[0]), init_path)
+    method = build_method(cfg.method, encoder, encoder.feature_dim, cfg).to(fabric.device)
+    model, optimizer, scheduler = _wrap(fabric, method, cfg, budget)
+    augment_rng = torch.Generator(device=fabric.device).manual_seed(cfg.seed * 1009 + fabric.global_rank)
+    run = Run(cfg, fabric, method, model, optimizer, scheduler, source,
+              view_pair(cfg.augment, **cfg.augment_overrides()), augment_rng,
+              torch.Generator().manual_seed(cfg.seed), budget, checkpoint_dir,
+              checkpoint.fingerprint(cfg, data_digest, init_path))
+    if fabric.is_global_zero:
+        log.info("pretraining %s on %d images: %d from the unlabeled pool + %d labeled training images "
+                 "(labels unused); batch %d over %d rank(s), %d steps an epoch", cfg.method, len(source),
+                 len(pool), len(train), budget.batch, fabric.world_size, budget.steps_per_epoch)
+    return run, notes, len(pool)
