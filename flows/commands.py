@@ -20,6 +20,7 @@ from flows.errors import UserError, print_summary
 from flows.tracking import TrackingError, lineage_tags, setup_tracking
 from pipeline_tasks.config import ConfigError, PipelineConfig, load_config
 from pipeline_tasks.data.datasets import UNLABELED, write_builtin
+from pipeline_tasks.data.decode import REFUSED, REFUSED_FIX
 from pipeline_tasks.data.errors import DataError, DatasetError
 from pipeline_tasks.data.importers import (
     IMAGE_SUFFIXES,
@@ -110,6 +111,9 @@ def _import(args: argparse.Namespace) -> dict[str, int]:
         if summary.skipped or summary.refused_symlinks:
             print(f"left out {len(summary.skipped)} non-image or hidden files and "
                   f"{len(summary.refused_symlinks)} symlinks (never followed)")
+        if summary.refused_formats:
+            print(f"left out {len(summary.refused_formats)} HEIC/HEIF images, which cannot be read "
+                  f"({', '.join(summary.refused_formats[:5])}); {REFUSED_FIX}")
         return summary.counts
     files = [Path(f) for f in args.files]
     if len(files) == 1 and files[0].is_dir():
@@ -151,7 +155,7 @@ def _image_files(paths: list[str]) -> list[Path]:
     files = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES | set(REFUSED))
         elif p.is_file():
             files.append(p)
         else:

@@ -176,7 +176,7 @@ def register_model(classifier_path: str | Path, metrics: dict[str, Any], split: 
                          Path(preprocessed_dir), name)
     lift = metrics.get("lift_points")
     facts = {metric: metrics[metric], "test_accuracy": metrics["test_accuracy"],
-             "test_split_sha256": split["test_fingerprint"], "test_images": metrics["test_images"],
+             "test_split_sha256": split["test_split_sha256"], "test_images": metrics["test_images"],
              "data_version": data_version, "labels_used": metrics.get("labels_used"),
              "lift_points": lift, "scratch_test_accuracy": metrics.get("scratch_test_accuracy"),
              "classes": json.dumps(classes), "classifier_digest": digest, "run_id": run_id}
@@ -184,7 +184,7 @@ def register_model(classifier_path: str | Path, metrics: dict[str, Any], split: 
         if value is not None:
             client.set_model_version_tag(name, version, key, str(value))
     champion = _version_by_alias(client, name, "champion")
-    me = Scored(version, float(metrics[metric]), split["test_fingerprint"], tuple(classes),
+    me = Scored(version, float(metrics[metric]), split["test_split_sha256"], tuple(classes),
                 None if lift is None else float(lift))
     decision = decide(
         me, None if champion is None else _scored(champion, metric), metric, reg.min_improvement,

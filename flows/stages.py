@@ -124,7 +124,7 @@ def run_preprocess(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -
         record = preprocess_data(manifest, cfg.data.dir, cfg.data, cfg.preprocess, paths.preprocessed, pool)
         mlflow.log_metrics({"n_train": record.n_train, "n_val": record.n_val, "n_test": record.n_test,
                             "n_pool": record.n_pool})
-        mlflow.set_tag("test_split_sha256", record.test_fingerprint)
+        mlflow.set_tag("test_split_sha256", record.test_split_sha256)
         mlflow.log_artifact(str(paths.preprocessed / "splits.csv"), "preprocess")
         return record
 

@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from pipeline_tasks.data.datasets import UNLABELED, atomic_folder, refuse_non_empty, write_labeled_and_pool
+from pipeline_tasks.data.decode import SUFFIXES, refused_format
 from pipeline_tasks.data.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+IMAGE_SUFFIXES = frozenset(SUFFIXES)
 
 # idx type code -> big-endian numpy dtype (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT").
 IDX_DTYPES: dict[int, np.dtype] = {
@@ -47,11 +48,14 @@ class ImportSummary:
     ``counts``: images written per class folder, sorted by class name (0 for an empty class).
     ``skipped``: source paths (relative to the source folder) that were not images or were hidden.
     ``refused_symlinks``: source paths (relative) that are symlinks; never followed, never copied.
+    ``refused_formats``: source paths (relative) of images in a format that cannot be read
+    (HEIC/HEIF), never copied.
     """
 
     counts: dict[str, int]
     skipped: list[str] = field(default_factory=list)
     refused_symlinks: list[str] = field(default_factory=list)
+    refused_formats: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -251,7 +255,8 @@ def _check_src_out(src: Path, out: Path) -> None:
 def _walk(folder: Path) -> Iterator[tuple[str, Path]]:
     """``(kind, path)`` for each entry under ``folder``, sorted, never following symlinks.
 
-    ``kind``: ``"image"``, ``"skipped"`` (hidden, not an image, not a regular file) or ``"symlink"``.
+    ``kind``: ``"image"``, ``"skipped"`` (hidden, not an image, not a regular file), ``"symlink"``
+    or ``"refused"`` (an image format that cannot be read: HEIC/HEIF).
     Hidden folders and symlinked folders are reported once and not entered.
     """
     for entry in sorted(folder.iterdir()):
@@ -263,6 +268,8 @@ def _walk(folder: Path) -> Iterator[tuple[str, Path]]:
             yield from _walk(entry)
         elif entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES:
             yield "image", entry
+        elif entry.is_file() and refused_format(entry.name):
+            yield "refused", entry
         else:
             yield "skipped", entry
 
@@ -273,12 +280,15 @@ def _copy_tree(src: Path, dest: Path, classes: list[str], limit_per_class: int |
     counts = dict.fromkeys(classes, 0)
     skipped: list[str] = []
     refused: list[str] = []
+    formats: list[str] = []
     for cls in classes:
         (dest / cls).mkdir()
     for kind, entry in _walk(src):
         rel = entry.relative_to(src)
         if kind == "symlink":
             refused.append(rel.as_posix())
+        elif kind == "refused":
+            formats.append(rel.as_posix())
         elif kind == "skipped" or len(rel.parts) == 1:  # hidden, not an image, or outside any class
             skipped.append(rel.as_posix())
         elif limit_per_class is not None and counts[rel.parts[0]] >= limit_per_class:
@@ -287,7 +297,7 @@ def _copy_tree(src: Path, dest: Path, classes: list[str], limit_per_class: int |
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(entry, dest / rel, follow_symlinks=False)
             counts[rel.parts[0]] += 1
-    return ImportSummary(counts, skipped, refused)
+    return ImportSummary(counts, skipped, refused, formats)
 
 
 def import_folder(src: Path, out: Path, limit_per_class: int | None = None) -> ImportSummary:
@@ -329,6 +339,7 @@ def import_unlabeled(src: Path, out: Path) -> ImportSummary:
     refuse_non_empty(out)
     skipped: list[str] = []
     refused: list[str] = []
+    formats: list[str] = []
     n = 0
     with atomic_folder(out) as tmp:
         for kind, entry in _walk(src):
@@ -338,8 +349,8 @@ def import_unlabeled(src: Path, out: Path) -> ImportSummary:
                 shutil.copy2(entry, tmp / rel, follow_symlinks=False)
                 n += 1
             else:
-                (refused if kind == "symlink" else skipped).append(rel.as_posix())
+                {"symlink": refused, "refused": formats}.get(kind, skipped).append(rel.as_posix())
         if n == 0:
             raise DatasetError(f"{src}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found; "
                                "nothing imported")
-    return ImportSummary({UNLABELED: n}, skipped, refused)
+    return ImportSummary({UNLABELED: n}, skipped, refused, formats)

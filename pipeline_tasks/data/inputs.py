@@ -9,9 +9,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import ImageOps
 
-from pipeline_tasks.data.decode import open_image, prepare_image
+from pipeline_tasks.data.decode import decode, prepare_image
 
 
 def image_cells(model_input: Any) -> list[Any]:
@@ -30,8 +29,7 @@ def prepare_batch(model_input: Any, size: int, channels: int, resize: str) -> np
     arrays = []
     for i, cell in enumerate(image_cells(model_input)):
         try:
-            with open_image(cell) as im:
-                arrays.append(prepare_image(ImageOps.exif_transpose(im), size, channels, resize))
+            arrays.append(prepare_image(decode(cell), size, channels, resize))
         except (OSError, ValueError) as exc:
             what = f"{cell}" if isinstance(cell, str) and os.path.isfile(cell) else f"image {i}"
             raise ValueError(f"{what}: does not decode as an image ({exc})") from exc

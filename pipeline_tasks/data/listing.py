@@ -14,7 +14,7 @@ import pandas as pd
 
 from pipeline_tasks.data.errors import DataError
 
-CACHE_VERSION = "2"  # bump when a column's meaning changes: old caches are then ignored
+CACHE_VERSION = "3"  # bump when a column's meaning changes: old caches are then ignored
 
 
 BAD_NAME = "bad-name"  # the listing's size key for a file whose name is not valid UTF-8
@@ -42,11 +42,18 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
-def _scan(class_dir: Path, root: Path) -> Iterator[tuple[str, str | None]]:
-    """``(relative path, "size:mtime")`` for files under ``class_dir``, from one scandir pass.
+def stat_key(st: os.stat_result) -> str:
+    """What proves a file unchanged since it was read: size, mtime, inode and ctime (trust issue:
+    files unpacked from one archive share an mtime, and BMP, PGM or raw TIFF files of one shape
+    share a size; a rewrite in place still changes the ctime, a replacement the inode)."""
+    return f"v{CACHE_VERSION}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_ctime_ns}"
 
-    A symlink that leads out of ``root`` is yielded with ``None`` (refused, never followed);
-    symlinked folders inside ``root`` are not entered (no loops, no double counting).
+
+def _scan(class_dir: Path, root: Path, refuse_links: bool = False) -> Iterator[tuple[str, str | None]]:
+    """``(relative path, stat key)`` for files under ``class_dir``, from one scandir pass.
+
+    A symlink that leads out of ``root`` (any symlink, with ``refuse_links``) is yielded with
+    ``None`` (refused, never followed); symlinked folders inside ``root`` are not entered.
     """
     prefix = len(str(root)) + 1
     stack = [class_dir]
@@ -55,7 +62,7 @@ def _scan(class_dir: Path, root: Path) -> Iterator[tuple[str, str | None]]:
             entries = [e for e in it if not e.name.startswith(".")]
         for e in entries:
             if e.is_symlink():
-                if not _inside(Path(e.path), root):
+                if refuse_links or not _inside(Path(e.path), root):
                     yield e.path[prefix:], None
                     continue
                 if not e.is_file():
@@ -63,8 +70,7 @@ def _scan(class_dir: Path, root: Path) -> Iterator[tuple[str, str | None]]:
             elif e.is_dir(follow_symlinks=False):
                 stack.append(Path(e.path))
                 continue
-            st = e.stat()
-            yield e.path[prefix:], f"v{CACHE_VERSION}:{st.st_size}:{st.st_mtime_ns}"
+            yield e.path[prefix:], stat_key(e.stat())
 
 
 def _folders(root: Path) -> list[str]:
@@ -84,8 +90,8 @@ def _listed(label: str, rel: str, key: str | None) -> tuple[str, str, str | None
     return printable(label), printable(rel), BAD_NAME
 
 
-def list_images(data_dir: str | Path) -> pd.DataFrame:
-    """Every file as ``label, path, size_key`` (``size_key`` None for a refused symlink),
+def list_images(data_dir: str | Path, refuse_links: bool = False) -> pd.DataFrame:
+    """Every file as ``label, path, stat_key`` (``stat_key`` None for a refused symlink),
     sorted by path, without reading any file.
 
     Raises ``DataError`` when the folder is missing or holds no files: the cheap check the
@@ -99,20 +105,20 @@ def list_images(data_dir: str | Path) -> pd.DataFrame:
         )
     rows: list[tuple[str, str, str | None]] = []
     for label in _folders(root):
-        if (root / label).is_symlink() and not _inside(root / label, root):
+        if (root / label).is_symlink() and (refuse_links or not _inside(root / label, root)):
             rows.append(_listed(label, label, None))
         else:
-            rows += [_listed(label, rel, key) for rel, key in _scan(root / label, root)]
+            rows += [_listed(label, rel, key) for rel, key in _scan(root / label, root, refuse_links)]
     if not rows:
         raise DataError(
             f"{root}: no images found (expected <class>/<image> files). Put one folder per class "
             "with images inside, or run `pretrainflow data builtin mnist-5k`."
         )
-    listing = pd.DataFrame(rows, columns=["label", "path", "size_key"])
+    listing = pd.DataFrame(rows, columns=["label", "path", "stat_key"])
     return listing.sort_values("path", ignore_index=True)
 
 
-def list_pool(pool_dir: str | Path) -> pd.DataFrame:
+def list_pool(pool_dir: str | Path, refuse_links: bool = False) -> pd.DataFrame:
     """Every file of an unlabeled pool, in any folder layout, as ``list_images`` gives them
     (label ``""``). Raises ``DataError`` when the folder is missing or holds no files."""
     root = Path(pool_dir)
@@ -122,8 +128,8 @@ def list_pool(pool_dir: str | Path) -> pd.DataFrame:
             "`pretrainflow data import-unlabeled PATH`, or set data.unlabeled_dir: null to "
             "pretrain on the labeled training images only."
         )
-    rows = [_listed("", rel, key) for rel, key in _scan(root, root)]
+    rows = [_listed("", rel, key) for rel, key in _scan(root, root, refuse_links)]
     if not rows:
         raise DataError(f"{root}: the unlabeled pool (data.unlabeled_dir) holds no files; add images "
                         "or set data.unlabeled_dir: null")
-    return pd.DataFrame(rows, columns=["label", "path", "size_key"]).sort_values("path", ignore_index=True)
+    return pd.DataFrame(rows, columns=["label", "path", "stat_key"]).sort_values("path", ignore_index=True)

@@ -1,7 +1,10 @@
-"""The image manifest: one row per file, read once, cached by (size, mtime).
+"""The image manifest: one row per file, read once, cached by what proves a file unchanged.
 
 Rows are computed in a thread pool (Pillow's decoders and hashlib release the GIL) and cached
-in a CSV keyed by path, size and mtime, so re-validating 70,000 unchanged images reads no image.
+in a CSV keyed by path and stat key (size, mtime, inode, ctime: ``listing.stat_key``), so
+re-validating 70,000 unchanged images reads no image, and a rewritten file is read again even
+when its size and mtime are the same. Each file is decoded by ``data.decode`` (the one decode
+path) and hashed by ``data.nearcopy`` (the one near-copy rule).
 """
 
 from __future__ import annotations
@@ -13,33 +16,39 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from PIL import Image
 
+from pipeline_tasks.data.decode import REFUSED_FIX, normalise, open_file, refused_format
 from pipeline_tasks.data.listing import BAD_NAME, list_images, list_pool
-from pipeline_tasks.data.nearcopy import dhash
+from pipeline_tasks.data.nearcopy import phash
 
 MANIFEST_COLUMNS = [
-    "path", "label", "format", "mode", "width", "height", "bytes", "sha256", "phash",
-    "decodes", "error", "symlink_outside", "bad_name", "size_key",
+    "path", "label", "format", "mode", "width", "height", "frames", "bytes", "sha256", "phash",
+    "decodes", "error", "refused_link", "bad_name", "stat_key",
 ]
+LINK_ERRORS = {False: "symlink to a path outside the data folder (not followed)",
+               True: "symlink in a DVC-tracked data folder (`dvc add` would replace it with a copy of its "
+                     "target)"}
 
 
 def _row(rel: str, label: str, **values: Any) -> dict[str, Any]:
-    return {"path": rel, "label": label, "format": "", "mode": "", "width": 0, "height": 0,
+    return {"path": rel, "label": label, "format": "", "mode": "", "width": 0, "height": 0, "frames": 0,
             "bytes": 0, "sha256": "", "phash": "", "decodes": False, "error": "",
-            "symlink_outside": False, "bad_name": False, "size_key": "", **values}
+            "refused_link": False, "bad_name": False, "stat_key": "", **values}
 
 
 def describe_file(path: Path, rel: str, label: str) -> dict[str, Any]:
-    """One manifest row: decode the pixels (catches truncation), hash bytes and content."""
+    """One manifest row: format, original mode and size, frame count; the pixels decoded (catches
+    truncation); the bytes' sha256 and the decoded image's pHash."""
     row = _row(rel, label)
     try:
         raw = path.read_bytes()
         row.update(bytes=len(raw), sha256=hashlib.sha256(raw).hexdigest())
-        with Image.open(path) as im:
-            row.update(format=im.format or "", mode=im.mode, width=im.width, height=im.height)
-            im.load()
-            row.update(phash=dhash(im), decodes=True)
+        if (kind := refused_format(path.name, raw[:16])) is not None:
+            return {**row, "format": kind, "error": f"{kind} is not supported; {REFUSED_FIX}"}
+        with open_file(raw, rel) as im:
+            row.update(format=im.format or "", mode=im.mode, width=im.width, height=im.height,
+                       frames=int(getattr(im, "n_frames", 1)))
+            row.update(phash=phash(normalise(im)), decodes=True)
     except Exception as exc:  # PIL raises many types for bad files: record, never crash
         row["error"] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return row
@@ -49,8 +58,7 @@ def _load_cache(cache_file: Path | None) -> pd.DataFrame | None:
     if cache_file is None or not cache_file.is_file():
         return None
     try:
-        cached = pd.read_csv(cache_file, dtype={"label": str, "phash": str, "error": str, "path": str,
-                                                "size_key": str}, keep_default_na=False)
+        cached = read_manifest(cache_file)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError):
         return None  # a damaged cache is only a slower run
     # size keys carry CACHE_VERSION, so rows of an older layout never match
@@ -58,28 +66,29 @@ def _load_cache(cache_file: Path | None) -> pd.DataFrame | None:
 
 
 def build_manifest(data_dir: str | Path, cache_file: str | Path | None = None,
-                   workers: int | None = None, pool: bool = False) -> pd.DataFrame:
+                   workers: int | None = None, pool: bool = False,
+                   refuse_links: bool = False) -> pd.DataFrame:
     """One row per file under ``data_dir/<class>/`` (or, with ``pool``, anywhere under
     ``data_dir``, label ``""``), sorted by path; columns ``MANIFEST_COLUMNS``.
 
-    ``cache_file``: a CSV of earlier rows, reused for files whose size and mtime are unchanged,
-    and rewritten when anything changed (it lives outside the data folder). ``workers``: threads.
+    ``cache_file``: a CSV of earlier rows, reused for files whose stat key is unchanged, and
+    rewritten when anything changed (it lives outside the data folder). ``workers``: threads.
+    ``refuse_links``: refuse every symlink (a DVC-tracked folder), not only those leading out.
     """
     root = Path(data_dir)
-    listing = list_pool(root) if pool else list_images(root)
+    listing = list_pool(root, refuse_links) if pool else list_images(root, refuse_links)
     cache = _load_cache(Path(cache_file) if cache_file else None)
     hit = pd.Series(False, index=listing.index)
     if cache is not None:
-        known = cache.drop_duplicates("path").set_index("path")["size_key"]
-        hit = listing["path"].map(known).eq(listing["size_key"]) & listing["size_key"].notna()
-    bad = listing["size_key"].eq(BAD_NAME)
-    links = listing[listing["size_key"].isna()]
-    todo = listing[~hit & listing["size_key"].notna() & ~bad]
+        known = cache.drop_duplicates("path").set_index("path")["stat_key"]
+        hit = listing["path"].map(known).eq(listing["stat_key"]) & listing["stat_key"].notna()
+    bad = listing["stat_key"].eq(BAD_NAME)
+    links = listing[listing["stat_key"].isna()]
+    todo = listing[~hit & listing["stat_key"].notna() & ~bad]
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) * 2)) as executor:
-        fresh = list(executor.map(lambda r: {**describe_file(root / r[1], r[1], r[0]), "size_key": r[2]},
+        fresh = list(executor.map(lambda r: {**describe_file(root / r[1], r[1], r[0]), "stat_key": r[2]},
                               todo.itertuples(index=False, name=None)))
-    fresh += [_row(path, label, symlink_outside=True,
-                   error="symlink to a path outside the data folder (not followed)")
+    fresh += [_row(path, label, refused_link=True, error=LINK_ERRORS[refuse_links])
               for label, path in links[["label", "path"]].itertuples(index=False, name=None)]
     fresh += [_row(path, label, bad_name=True,
                    error="the file name is not valid UTF-8 (shown with its bytes escaped)")
@@ -94,6 +103,12 @@ def build_manifest(data_dir: str | Path, cache_file: str | Path | None = None,
         manifest.to_csv(tmp, index=False)
         os.replace(tmp, cache_file)
     return manifest
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """A manifest CSV with its text columns as text (a label "007" stays "007")."""
+    return pd.read_csv(path, dtype={"label": str, "phash": str, "error": str, "path": str, "stat_key": str,
+                                    "sha256": str, "format": str, "mode": str}, keep_default_na=False)
 
 
 def data_digest(manifest: pd.DataFrame) -> str:

@@ -1,27 +1,85 @@
-"""Near copies: the difference hash of an image and the one rule that says when two images
-are copies of each other (exact: same sha256; near: hashes within ``NEAR_BITS``).
+"""Near copies: the one rule that says when two images are copies of each other, used by the
+gate (label conflicts), the splits (a group never straddles two splits) and the pool (copies of
+labeled images are removed from it).
 
-The gate, the splits and the pool all use this module.
+Two images are copies when their bytes are equal (the same sha256) or their 256-bit perceptual
+hashes are within ``NEAR_BITS``. The hash is imagehash's pHash at 16x16 (the signs of the 16x16
+lowest frequencies of a 64x64 DCT against their median) of the decoded image, so EXIF
+orientation and bit depth are normalised first (``data.decode``). pHash rather than dHash: on
+small mostly-dark images dHash cannot tell copies from look-alikes (in mnist-5k a 2x resize of a
+digit moves its 256-bit dHash by up to 20 bits while 4,378 pairs of distinct digits, 10 of them
+of different classes, are within 24 bits and chain into a group of 439 ones); pHash moves by at
+most 6 bits for a 2x resize, 12 for a JPEG re-encode at quality 75 and 16 for a 20 px thumbnail,
+and no two distinct digits are within 19 bits. An image with too little information (its
+thumbnail spans fewer than ``MIN_RANGE`` grey levels: blank, flat, a black first GIF frame) gets
+no hash and never groups by it: flat images all hash alike and would be "copies" of each other
+(trust issue: 37 of 39 distinct 16-bit scans became one group).
+
+Hamming search is faiss's exact binary index (``IndexBinaryFlat``), which scans a million
+256-bit codes per query in milliseconds; grouping is a union-find over the pairs found.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import faiss
+import imagehash
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+HASH_SIZE = 16  # 16x16 = 256 bits
+# Of the 256 bits (measured on mnist-5k, bench/near_copies.py): copies move the hash by at most
+# 16 bits (a 20 px thumbnail; a 2x resize 6, JPEG quality 75 12), distinct digits are 20 bits
+# or more apart (1% of them within 32). A missed copy leaks a test image.
+NEAR_BITS = 16
+MIN_RANGE = 8  # grey levels a thumbnail must span to carry a hash
+COPY_COLUMNS = ["path", "copy_of", "match", "distance_bits"]
 
-def dhash(im: Image.Image, size: int = 16) -> str:
-    """256-bit difference hash (hex) of a Lanczos thumbnail. Equal hashes mark near-duplicates
-    (re-encoded copies); 16x16 rather than the usual 8x8 because small images such as digits
-    collide at 8x8 (362 false pairs in mnist-5k at 8x8 bilinear, 2 at 16x16 Lanczos)."""
-    small = np.asarray(im.convert("L").resize((size + 1, size), Image.Resampling.LANCZOS), np.int16)
-    return np.packbits(small[:, 1:] > small[:, :-1]).tobytes().hex()
+
+def phash(im: Image.Image) -> str:
+    """The 256-bit pHash of a decoded (8-bit L or RGB) image as 64 hex digits, or ``""`` when
+    the image has too little information to tell copies apart."""
+    gray = im.convert("L")
+    thumb = np.asarray(gray.resize((HASH_SIZE, HASH_SIZE), Image.Resampling.BOX))
+    if int(thumb.max()) - int(thumb.min()) < MIN_RANGE:
+        return ""
+    return str(imagehash.phash(gray, hash_size=HASH_SIZE))
 
 
-def duplicate_groups(manifest: pd.DataFrame) -> np.ndarray:
-    """Group id per row: rows sharing a sha256 (exact copy) or a perceptual hash (near copy,
-    e.g. resized or recompressed) share a group, transitively (union-find)."""
+def _codes(hashes: Iterable[str]) -> np.ndarray:
+    """Hex hashes -> ``uint8 [N, 32]`` codes for faiss."""
+    raw = b"".join(bytes.fromhex(h) for h in hashes)
+    return np.frombuffer(raw, np.uint8).reshape(-1, HASH_SIZE * HASH_SIZE // 8)
+
+
+def near_pairs(queries: list[str], reference: list[str] | None = None,
+               max_bits: int = NEAR_BITS) -> list[tuple[int, int, int]]:
+    """``(query index, reference index, Hamming distance)`` for every pair within ``max_bits``
+    (``reference`` defaults to ``queries``; then each unordered pair once, no self pairs).
+    Empty hashes never pair."""
+    same = reference is None
+    ref = queries if reference is None else reference
+    q_idx = [i for i, h in enumerate(queries) if h]
+    r_idx = [i for i, h in enumerate(ref) if h]
+    if not q_idx or not r_idx:
+        return []
+    index = faiss.IndexBinaryFlat(HASH_SIZE * HASH_SIZE)
+    index.add(_codes(ref[i] for i in r_idx))
+    lims, dist, found = index.range_search(_codes(queries[i] for i in q_idx), max_bits + 1)
+    pairs = []
+    for row, qi in enumerate(q_idx):
+        for k in range(lims[row], lims[row + 1]):
+            ri = r_idx[int(found[k])]
+            if not same or qi < ri:
+                pairs.append((qi, ri, int(dist[k])))
+    return pairs
+
+
+def groups(manifest: pd.DataFrame, max_bits: int = NEAR_BITS) -> np.ndarray:
+    """Group id per row (the smallest row index of its group): rows with the same sha256 or
+    near pHashes share a group, transitively. Columns ``sha256`` and ``phash``."""
     parent = list(range(len(manifest)))
 
     def find(i: int) -> int:
@@ -30,49 +88,25 @@ def duplicate_groups(manifest: pd.DataFrame) -> np.ndarray:
             i = parent[i]
         return i
 
-    for column in ("sha256", "phash"):
-        if column not in manifest:
-            continue
-        first: dict[str, int] = {}
-        for i, value in enumerate(manifest[column]):
-            if isinstance(value, str) and value:
-                parent[find(i)] = find(first.setdefault(value, i))
+    def union(a: int, b: int) -> None:
+        ra, rb = find(a), find(b)
+        parent[max(ra, rb)] = min(ra, rb)
+
+    first: dict[str, int] = {}
+    for i, sha in enumerate(manifest["sha256"]):
+        if isinstance(sha, str) and sha:
+            union(i, first.setdefault(sha, i))
+    for a, b, _ in near_pairs(list(manifest["phash"].fillna(""))):
+        union(a, b)
     return np.array([find(i) for i in range(len(manifest))], dtype=np.int64)
 
 
-COPY_COLUMNS = ["path", "copy_of", "match", "distance_bits"]
-
-
-# Of the 256-bit difference hash (manifest.dhash). Measured on mnist-5k digits: a 2x resize
-# moves it by at most 18 bits, a 20 px thumbnail by at most 30 (95% within 23); two different
-# digits differ by 53 bits or more in 99% of pairs. 24 catches resized and re-saved copies; the
-# rare look-alike it also removes costs one pool image, a missed copy would leak a test image.
-NEAR_BITS = 24
-
-
-_CHUNK = 4096  # pool rows per matrix product: 4096 x 5,000 labeled images is 80 MB
-
-
-def _signs(hashes: pd.Series) -> np.ndarray:
-    """Hex hashes -> ``[N, 256]`` float32 of +1/-1, so that ``a @ b = 256 - 2 * hamming``."""
-    raw = np.frombuffer(bytes.fromhex("".join(hashes)), np.uint8).reshape(len(hashes), -1)
-    return np.unpackbits(raw, axis=1).astype(np.float32) * 2 - 1
-
-
-def _near(pool: pd.DataFrame, labeled: pd.DataFrame, max_bits: int) -> list[tuple[str, str, int]]:
-    pool = pool[pool["phash"].str.len() == 64]
-    labeled = labeled[labeled["phash"].str.len() == 64]
-    if pool.empty or labeled.empty:
-        return []
-    ref, found = _signs(labeled["phash"]), []
-    for start in range(0, len(pool), _CHUNK):
-        part = pool.iloc[start:start + _CHUNK]
-        bits = (ref.shape[1] - _signs(part["phash"]) @ ref.T) / 2
-        best = bits.argmin(1)
-        dist = bits[np.arange(len(part)), best]
-        for row in np.flatnonzero(dist <= max_bits):
-            found.append((part["path"].iloc[row], labeled["path"].iloc[best[row]], int(round(dist[row]))))
-    return found
+def label_conflicts(manifest: pd.DataFrame) -> pd.Series:
+    """True for rows whose copy group (exact or near) holds more than one label: the same
+    picture filed under two classes."""
+    group = pd.Series(groups(manifest), index=manifest.index)
+    labels_per_group = manifest["label"].groupby(group).nunique()
+    return group.map(labels_per_group).gt(1)
 
 
 def pool_copies(pool: pd.DataFrame, labeled: pd.DataFrame, max_bits: int = NEAR_BITS) -> pd.DataFrame:
@@ -82,5 +116,9 @@ def pool_copies(pool: pd.DataFrame, labeled: pd.DataFrame, max_bits: int = NEAR_
     exact = pool[pool["sha256"].isin(by_sha.index) & pool["sha256"].astype(bool)]
     rows = [(p, str(by_sha[s]), "exact", 0) for p, s in exact[["path", "sha256"]].itertuples(index=False)]
     rest = pool[~pool["path"].isin(exact["path"])]
-    rows += [(p, c, "near", d) for p, c, d in _near(rest, labeled, max_bits)]
+    nearest: dict[int, tuple[int, int]] = {}
+    for q, r, d in near_pairs(list(rest["phash"].fillna("")), list(labeled["phash"].fillna("")), max_bits):
+        if q not in nearest or d < nearest[q][1]:
+            nearest[q] = (r, d)
+    rows += [(rest["path"].iloc[q], labeled["path"].iloc[r], "near", d) for q, (r, d) in nearest.items()]
     return pd.DataFrame(sorted(rows), columns=COPY_COLUMNS)

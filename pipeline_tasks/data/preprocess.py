@@ -17,7 +17,8 @@ import pandas as pd
 
 from pipeline_tasks.config import DataConfig, PreprocessConfig
 from pipeline_tasks.data.cache import decode_into, images_file, labels_file
-from pipeline_tasks.data.splits import SPLITS, split_manifest, test_fingerprint
+from pipeline_tasks.data.manifest import read_manifest
+from pipeline_tasks.data.splits import SPLITS, split_fingerprint, split_manifest
 
 
 @dataclass(frozen=True)
@@ -30,12 +31,12 @@ class PreprocessRecord:
     image_size: int
     channels: int
     n_pool: int = 0
-    test_fingerprint: str = ""  # sha256 over the sorted sha256 of the test images
+    test_split_sha256: str = ""  # sha256 over the test images' sorted sha256:label lines
     resize: str = "crop"
 
 
 def _read_manifest(path: str | Path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype={"label": str, "phash": str, "path": str}, keep_default_na=False)
+    return read_manifest(path)
 
 
 def preprocess_data(
@@ -67,7 +68,7 @@ def preprocess_data(
     record = PreprocessRecord(
         out_dir=str(out), classes=classes, n_train=sizes["train"], n_val=sizes["val"],
         n_test=sizes["test"], image_size=data.image_size, channels=data.channels, n_pool=len(pool_rows),
-        test_fingerprint=test_fingerprint(splits), resize=data.resize,
+        test_split_sha256=split_fingerprint(splits), resize=data.resize,
     )
     (out / "splits.json").write_text(json.dumps(dataclasses.asdict(record), indent=2) + "\n")
     return record

@@ -20,22 +20,24 @@ from pipeline_tasks.config import ValidateConfig
 from pipeline_tasks.data.errors import DataError
 from pipeline_tasks.data.listing import class_folders
 from pipeline_tasks.data.manifest import build_manifest, data_digest
-from pipeline_tasks.data.nearcopy import pool_copies
+from pipeline_tasks.data.nearcopy import groups, label_conflicts, pool_copies
 
 MAX_OFFENDERS = 10
 POOL_PREFIX = "unlabeled pool: "  # how skipped pool files are named in the report
-FILE_COLUMNS = ("symlink_outside", "bad_name", "decodes", "format", "width", "height", "label_conflict")
+FILE_COLUMNS = ("refused_link", "bad_name", "decodes", "format", "width", "height", "label_conflict")
 
 # What to do about the rows each expectation flags, by column.
 _FIXES = {
-    "symlink_outside": "replace these links with copies of the files, or remove them",
+    "refused_link": "replace these links with copies of the files, or remove them (the data folder was "
+                    "not modified)",
     "bad_name": "rename these files (or folders) to UTF-8 names, e.g. `convmv -f latin1 -t utf8 -r --notest "
                 "DIR`; the data folder was not modified",
     "decodes": "these files are not readable images: replace them or move them out of the data folder",
     "format": "convert these files to an allowed format or extend validate.allowed_formats",
     "width": "these images are too small: remove them or lower validate.min_width",
     "height": "these images are too small: remove them or lower validate.min_height",
-    "label_conflict": "the same file is filed under two classes: keep only the copy in the right class",
+    "label_conflict": "the same picture (an exact or near copy: resized, re-encoded, rotated) is filed under "
+                      "two classes: keep only the copy in the right class",
     "n_images": "add images to these classes, remove the folders, or lower validate.min_images_per_class",
     "imbalance": "add images to the small classes or raise validate.max_imbalance_ratio",
     "label": "make the class folders match validate.expected_classes (or set it to null)",
@@ -62,13 +64,12 @@ def file_table(manifest: pd.DataFrame) -> pd.DataFrame:
     """The manifest as GX sees it: size and format are null for files that do not decode
     (GX skips nulls, so a broken file is reported once, under ``decodes``)."""
     ok = manifest["decodes"].astype(bool)
-    refused = manifest["symlink_outside"].astype(bool) | manifest["bad_name"].astype(bool)
-    labels_per_sha = manifest[manifest["sha256"] != ""].groupby("sha256")["label"].nunique()
+    refused = manifest["refused_link"].astype(bool) | manifest["bad_name"].astype(bool)
     return manifest.assign(
         decodes=manifest["decodes"].astype(object).where(~refused),  # never read: reported once
         format=manifest["format"].where(ok), width=manifest["width"].where(ok),
         height=manifest["height"].where(ok),
-        label_conflict=manifest["sha256"].map(labels_per_sha).fillna(1).gt(1),
+        label_conflict=label_conflicts(manifest) if len(manifest) else False,
     )
 
 
@@ -94,7 +95,7 @@ def _suites(cfg: ValidateConfig) -> dict[str, list[Any]]:
             column="label", value_set=list(cfg.expected_classes)))
     def files() -> list[Any]:  # a fresh list per suite: GX binds expectations to their suite
         return [
-            e.ExpectColumnValuesToBeInSet(column="symlink_outside", value_set=[False]),
+            e.ExpectColumnValuesToBeInSet(column="refused_link", value_set=[False]),
             e.ExpectColumnValuesToBeInSet(column="bad_name", value_set=[False]),
             e.ExpectColumnValuesToBeInSet(column="decodes", value_set=[True]),
             e.ExpectColumnValuesToBeInSet(column="format", value_set=list(cfg.allowed_formats)),
@@ -155,7 +156,7 @@ def _describe(res: Any, table: pd.DataFrame) -> dict[str, Any]:
             offenders = [f"classes found: {sorted(table['label'])}"]
     else:
         rows = table.set_index("path")
-        detail = "error" if column in ("decodes", "symlink_outside", "bad_name") else column
+        detail = "error" if column in ("decodes", "refused_link", "bad_name") else column
         offenders = [f"{r['path']} ({detail}: {rows.at[r['path'], detail]})" for r in found]
     return {
         "expectation": conf.type, "column": column,
@@ -220,14 +221,27 @@ def _report(kept: pd.DataFrame, classes: list[str], results: dict[str, list[Any]
         "formats": {str(k): int(v) for k, v in good["format"].value_counts().items()},
         "modes": {str(k): int(v) for k, v in good["mode"].value_counts().items()},
         "width": _span(good["width"]), "height": _span(good["height"]),
-        "exact_duplicates": int(good["sha256"].duplicated().sum()),
-        "near_duplicates": int(good["phash"].duplicated().sum()),
+        **copy_summary(good),
         "expectations": [{"suite": name, "expectation": r.expectation_config.type,
                           "column": r.expectation_config.kwargs.get("column"), "success": bool(r.success)}
                          for name, rs in results.items() for r in rs],
         "failures": failures,
         "skipped_files": [{"path": p, "check": c} for p, c in sorted(skipped.items())],
     }
+
+
+def copy_summary(good: pd.DataFrame) -> dict[str, Any]:
+    """Copies among the readable files (by ``data.nearcopy``'s rule), multi-frame files (their
+    first frame is used) and images with too little detail to be hashed (never grouped)."""
+    group = pd.Series(groups(good), index=good.index) if len(good) else pd.Series(dtype=int)
+    sizes = group.value_counts()
+    frames = good[good["frames"].astype(int) > 1] if "frames" in good else good.iloc[:0]
+    return {"exact_duplicates": int(good["sha256"].duplicated().sum()),
+            "copy_groups": int((sizes > 1).sum()), "images_in_copy_groups": int(sizes[sizes > 1].sum()),
+            "largest_copy_group": int(sizes.max()) if len(sizes) else 0,
+            "unhashed_images": int((good["phash"] == "").sum()),
+            "multi_frame_files": {"n": len(frames),
+                                  "first_frame_used": sorted(frames["path"])[:MAX_OFFENDERS]}}
 
 
 def _span(values: pd.Series) -> dict[str, int]:
@@ -251,31 +265,34 @@ def format_failures(report: dict[str, Any], report_path: str | Path) -> str:
 
 def validate_data(data_dir: str | Path, cfg: ValidateConfig, out_dir: str | Path,
                   cache_file: str | Path | None = None, pool_dir: str | Path | None = None,
-                  pool_cache_file: str | Path | None = None) -> ValidationRecord:
-    """Build the manifests, run the gate, write ``manifest.csv`` (kept files),
-    ``pool_manifest.csv`` (with ``pool_dir``), ``report.json`` and ``data_docs/``. Raises
-    ``DataError`` (after writing the report) when the gate closes. Stale outputs of an earlier
-    run are removed first, so a report on disk is always this run's."""
+                  pool_cache_file: str | Path | None = None, refuse_links: bool = False) -> ValidationRecord:
+    """Build the manifests, run the gate, write ``report.json`` and ``data_docs/`` and, when the
+    gate opens, ``manifest.csv`` (kept files) and ``pool_manifest.csv`` (with ``pool_dir``).
+    Raises ``DataError`` (after writing the report) when the gate closes. Stale outputs of an
+    earlier run are removed first, so what is on disk is always this run's. ``refuse_links``:
+    every symlink fails the gate (a DVC-tracked folder: ``dvc add`` would replace it)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path, pool_path = out / "manifest.csv", out / "pool_manifest.csv"
     report_path = out / "report.json"
     for stale in (manifest_path, pool_path, report_path):
         stale.unlink(missing_ok=True)
-    manifest = build_manifest(data_dir, cache_file)
-    pool = build_manifest(pool_dir, pool_cache_file, pool=True) if pool_dir is not None else None
+    manifest = build_manifest(data_dir, cache_file, refuse_links=refuse_links)
+    pool = (build_manifest(pool_dir, pool_cache_file, pool=True, refuse_links=refuse_links)
+            if pool_dir is not None else None)
     classes = class_folders(Path(data_dir))
     report, kept, kept_pool = validate_manifest(manifest, classes, cfg, out / "data_docs", pool)
-    kept.drop(columns=["size_key"]).to_csv(manifest_path, index=False)
     digest = data_digest(kept)
     if kept_pool is not None:
-        kept_pool.drop(columns=["size_key"]).to_csv(pool_path, index=False)
         report["pool"]["dir"] = str(Path(str(pool_dir)).resolve())
         digest = hashlib.sha256(f"{digest}\0pool\0{data_digest(kept_pool)}".encode()).hexdigest()
     report["data_digest"] = digest
     report_path.write_text(json.dumps(report, indent=2, default=str))
     if not report["success"]:
         raise DataError(format_failures(report, report_path))
+    kept.drop(columns=["stat_key"]).to_csv(manifest_path, index=False)
+    if kept_pool is not None:
+        kept_pool.drop(columns=["stat_key"]).to_csv(pool_path, index=False)
     return ValidationRecord(
         data_dir=str(Path(data_dir).resolve()), manifest_path=str(manifest_path),
         report_path=str(report_path), data_digest=digest, n_images=report["n_images"],

@@ -76,11 +76,11 @@ def same_image_two_labels(d: Path) -> tuple[str, str]:
     return "1/copy.png", "label_conflict"
 
 
-def symlink_outside(d: Path) -> tuple[str, str]:
+def refused_link(d: Path) -> tuple[str, str]:
     secret = d.parent / "outside.png"
     Image.new("L", (28, 28)).save(secret)
     (d / "8" / "link.png").symlink_to(secret)
-    return "8/link.png", "symlink_outside"
+    return "8/link.png", "refused_link"
 
 
 def non_utf8_name(d: Path) -> tuple[str, str]:
@@ -103,7 +103,7 @@ def empty_folder(d: Path) -> tuple[str, str]:
 
 CASES: list[Callable[[Path], tuple[str, str]]] = [
     truncated_png, text_named_jpg, zero_byte_file, empty_class_folder, only_one_class, too_small,
-    same_image_two_labels, symlink_outside, non_utf8_name, missing_folder, empty_folder,
+    same_image_two_labels, refused_link, non_utf8_name, missing_folder, empty_folder,
 ]
 
 

@@ -55,6 +55,7 @@ NOT_PASSED = {
     "MLFLOW_EXPERIMENT_NAME": "only `pretrainflow predict` reads it, with a default",
     "DVC_EXP_NAME": "set by `dvc exp run` for its stages, never by the stack",
     "RANK": "set by torchrun", "WORLD_SIZE": "set by torchrun", "LOCAL_RANK": "set by torchrun",
+    "LOCAL_WORLD_SIZE": "set by torchrun",
     "PRETRAINFLOW_DEVICE_CACHE_BYTES": "an optional override of the image cache's device budget "
                                        "(pipeline_tasks/data/batches.py); "
                                        "its default (half the free GPU memory) suits the stack",

@@ -44,7 +44,7 @@ def register(path: Path, cfg: PipelineConfig, pre: PreprocessRecord, accuracy: f
     metrics: dict[str, Any] = {"test_accuracy": accuracy, "test_macro_f1": accuracy, "test_images": 20,
                                "labels_used": 50, "lift_points": lift}
     with mlflow.start_run() as run:
-        return register_model(path, metrics, {"test_fingerprint": split or pre.test_fingerprint}, cfg,
+        return register_model(path, metrics, {"test_split_sha256": split or pre.test_split_sha256}, cfg,
                               run.info.run_id, "md5-test", pre.out_dir)
 
 
@@ -70,7 +70,7 @@ def test_aliases_move_only_when_applied_and_only_for_a_better_version(
     tags = store.get_model_version(NAME, "2").tags
     assert tags["gate_decision"] == "challenger" and "not better by the margin" in tags["gate_reason"]
     assert "0.8050" in tags["gate_reason"] and "0.8000" in tags["gate_reason"]
-    assert tags["test_split_sha256"] == pre.test_fingerprint and tags["labels_used"] == "50"
+    assert tags["test_split_sha256"] == pre.test_split_sha256 and tags["labels_used"] == "50"
     assert tags["lift_points"] == "5.0" and tags["data_version"] == "md5-test"
     assert "not better" in store.get_model_version(NAME, "2").description
 

@@ -16,7 +16,7 @@ needs_no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the 
 
 @needs_no_gpu
 def test_cuda_without_a_gpu_is_a_clear_error() -> None:
-    with pytest.raises(DeviceError, match=r"finetune.device: cuda, but no CUDA GPU .*set finetune.device: auto"):
+    with pytest.raises(DeviceError, match=r"finetune.device: cuda, but no CUDA GPU .*finetune.device: auto"):
         resolve_runtime("cuda", "auto", "finetune")
 
 
