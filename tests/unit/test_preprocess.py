@@ -49,7 +49,8 @@ def test_tensor_cache(tiny_data: Path, tmp_path: Path) -> None:
     build_manifest(tiny_data).to_csv(manifest, index=False)
     rec = preprocess_data(manifest, tiny_data, DataConfig(), PreprocessConfig(), tmp_path / "pre")
     assert rec.classes == tuple(str(c) for c in range(10))
-    assert rec.n_train + rec.n_val + rec.n_test == 120 and min(rec.n_val, rec.n_test) >= 10  # each class scored
+    assert rec.n_train + rec.n_val + rec.n_test == 120
+    assert min(rec.n_val, rec.n_test) >= 10  # every class is selected and scored
     x, y = load_split(rec.out_dir, "train")
     assert x.dtype == torch.uint8 and tuple(x.shape[1:]) == (1, 28, 28)
     assert len(x) == len(y) == rec.n_train and set(y.tolist()) == set(range(10))
