@@ -85,7 +85,8 @@ def _colour(im: Image.Image) -> Image.Image:
     if im.mode == "CMYK" and im.info.get("icc_profile"):
         try:
             source = ImageCms.ImageCmsProfile(io.BytesIO(im.info["icc_profile"]))
-            converted = ImageCms.profileToProfile(im, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            srgb = ImageCms.createProfile("sRGB")
+            converted = ImageCms.profileToProfile(im, source, srgb, outputMode="RGB")
             im = converted if converted is not None else im.convert("RGB")
         except (ImageCms.PyCMSError, OSError):
             im = im.convert("RGB")
