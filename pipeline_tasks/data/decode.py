@@ -75,7 +75,7 @@ def to_uint8(pixels: Any) -> np.ndarray:
 def _flatten(im: Image.Image) -> Image.Image:
     """RGBA/LA onto white: what a viewer shows for the transparent parts."""
     base = "L" if im.mode == "LA" else "RGB"
-    background = Image.new(base, im.size, 255)
+    background = Image.new(base, im.size, 255 if base == "L" else (255, 255, 255))
     background.paste(im.convert(base), mask=im.getchannel("A"))
     return background
 

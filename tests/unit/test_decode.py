@@ -1,0 +1,195 @@
+"""One decode path: every kind of image reaches the training cache and the served model's input
+(from a path, from base64 and from an array) as the same pixels, and those are the pixels the
+documented rules say (trust issue: 16-bit scans were black as files and grey as arrays)."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from pipeline_tasks.data.cache import decode_into
+from pipeline_tasks.data.decode import DecodeError, decode, to_uint8
+from pipeline_tasks.data.inputs import prepare_batch
+from pipeline_tasks.data.manifest import describe_file
+
+S = 32  # square and unresized: the cache holds exactly the decoded pixels
+CMYK_ICC = Path("/usr/share/color/icc/ghostscript/default_cmyk.icc")  # Debian's libgs-common
+YY, XX = np.mgrid[0:S, 0:S]
+
+
+@dataclass
+class Case:
+    write: Callable[[Path], None]  # writes the file
+    expected: np.ndarray  # uint8 [S, S] or [S, S, 3]
+    array: Any = None  # the same picture as a pixel array, where a user would hold one
+    suffix: str = ".png"
+    mode: str = ""  # the file's Pillow mode, checked: the case really is what its name says
+
+
+def _gray() -> np.ndarray:
+    return ((XX * 7 + YY * 3) % 256).astype(np.uint8)
+
+
+def _rgb() -> np.ndarray:
+    return np.stack([(XX * 8) % 256, (YY * 8) % 256, ((XX + YY) * 4) % 256], -1).astype(np.uint8)
+
+
+def _save(array: np.ndarray, mode: str | None = None, fmt: str = "PNG", **kw: Any) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        Image.fromarray(array, mode).save(path, fmt, **kw)
+    return write
+
+
+def _levels(max_value: int, dtype: Any) -> np.ndarray:
+    return (np.linspace(0, max_value, S * S).reshape(S, S)).round().astype(dtype)
+
+
+def _scaled(values: np.ndarray, bits: int) -> np.ndarray:
+    return (values.astype(np.float64) / (2**bits - 1) * 255).round().astype(np.uint8)
+
+
+def _high_depth() -> dict[str, Case]:
+    full, twelve, dark = _levels(65535, np.uint16), _levels(4095, np.uint16), _levels(1000, np.uint16)
+    int32 = _levels(1_000_000, np.int32)
+    floats = np.linspace(0, 1, S * S, dtype=np.float32).reshape(S, S)
+    return {
+        "16-bit full range": Case(_save(full), _scaled(full, 16), full, mode="I;16"),
+        "16-bit holding 12-bit data": Case(_save(twelve), _scaled(twelve, 12), twelve, mode="I;16"),
+        "16-bit dark": Case(_save(dark), _scaled(dark, 10), dark, mode="I;16"),
+        "32-bit integer": Case(_save(int32, fmt="TIFF"), _scaled(int32, 20), int32, ".tif", "I"),
+        "float32 in [0, 1]": Case(_save(floats, fmt="TIFF"), (floats * 255).round().astype(np.uint8), floats,
+                                  ".tif", "F"),
+    }
+
+
+def _cmyk(icc: bool) -> Case:
+    cmyk = Image.fromarray(_rgb()).convert("CMYK")
+    profile = CMYK_ICC.read_bytes() if icc else None
+    if icc:
+        expected = ImageCms.profileToProfile(cmyk, ImageCms.ImageCmsProfile(io.BytesIO(profile)),
+                                             ImageCms.createProfile("sRGB"), outputMode="RGB")
+    else:
+        expected = cmyk.convert("RGB")
+
+    def write(path: Path) -> None:
+        cmyk.save(path, "TIFF", **({"icc_profile": profile} if profile else {}))
+    return Case(write, np.asarray(expected), suffix=".tif", mode="CMYK")
+
+
+# What the camera stored -> what is upright, per EXIF orientation (TIFF/EXIF 2.3, tag 0x0112).
+ORIENT = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+          5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+          7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1], 8: lambda a: np.rot90(a, 1)}
+
+
+def _oriented(orientation: int) -> Case:
+    stored = _rgb()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    upright = np.ascontiguousarray(ORIENT[orientation](stored))
+    return Case(_save(stored, exif=exif.tobytes()), upright, upright)
+
+
+def _transparent() -> dict[str, Case]:
+    gray, alpha = _gray(), ((XX * 9) % 256).astype(np.uint8)
+    la = np.stack([gray, alpha], -1)
+    flat_la = (gray * (alpha / 255) + 255 * (1 - alpha / 255)).round().astype(np.uint8)
+    palette = Image.fromarray((XX // 8 + 4 * (YY // 8)).astype(np.uint8), "P")
+    palette.putpalette([v for i in range(256) for v in ((i * 40) % 256, (i * 70) % 256, (i * 90) % 256)])
+    index = np.asarray(palette)
+    colours = np.array(palette.getpalette()[:768], np.uint8).reshape(256, 3)
+    flat_p = np.where((index == 5)[..., None], 255, colours[index]).astype(np.uint8)
+
+    def write_p(path: Path) -> None:
+        palette.save(path, "PNG", transparency=5)
+    return {"LA": Case(_save(la, "LA"), flat_la, la, mode="LA"),
+            "P with transparency": Case(write_p, flat_p, mode="P")}
+
+
+def _gif() -> Case:
+    first, second = _gray(), (255 - _gray())
+
+    def write(path: Path) -> None:
+        frames = [Image.fromarray(first), Image.fromarray(second)]
+        frames[0].save(path, "GIF", save_all=True, append_images=frames[1:], duration=100)
+    return Case(write, first, first, ".gif")
+
+
+CASES: dict[str, Case] = {
+    "8-bit L": Case(_save(_gray()), _gray(), _gray()),
+    "8-bit RGB": Case(_save(_rgb()), _rgb(), _rgb()),
+    **_high_depth(),
+    "CMYK without ICC profile": _cmyk(False),
+    **({"CMYK with ICC profile": _cmyk(True)} if CMYK_ICC.is_file() else {}),
+    **{f"EXIF orientation {o}": _oriented(o) for o in range(1, 9)},
+    **_transparent(),
+    "2-frame GIF": _gif(),
+}
+
+
+def _file(case: Case, tmp: Path) -> Path:
+    path = tmp / f"image{case.suffix}"
+    case.write(path)
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_container_gives_the_expected_pixels(name: str, tmp_path: Path) -> None:
+    case = CASES[name]
+    path = _file(case, tmp_path)
+    if case.mode:
+        with Image.open(path) as im:
+            assert im.mode == case.mode
+    channels = 3 if case.expected.ndim == 3 else 1
+    want = case.expected.astype(int) if channels == 3 else case.expected.astype(int)[..., None]
+    decode_into(tmp_path / "cache.npy", [path], S, channels, "crop", workers=1)
+    inputs = {"training cache": np.load(tmp_path / "cache.npy")[0],
+              "served from a path": prepare_batch([str(path)], S, channels, "crop")[0],
+              "served from base64": prepare_batch([base64.b64encode(path.read_bytes()).decode()], S, channels,
+                                                  "crop")[0]}
+    if case.array is not None:
+        inputs["served from an array"] = prepare_batch([case.array], S, channels, "crop")[0]
+    for where, got in inputs.items():
+        diff = np.abs(got.transpose(1, 2, 0).astype(int) - want)
+        assert diff.max() <= 1, f"{name}, {where}: off by up to {diff.max()} grey levels"
+
+
+def test_the_cmyk_profile_is_applied() -> None:
+    if not CMYK_ICC.is_file():
+        pytest.skip(f"{CMYK_ICC} missing: install Debian's libgs-common (.ci/run does)")
+    assert np.abs(CASES["CMYK with ICC profile"].expected.astype(int)
+                  - CASES["CMYK without ICC profile"].expected.astype(int)).max() > 10
+
+
+def test_the_manifest_records_frames_and_hashes_the_first(tmp_path: Path) -> None:
+    path = _file(CASES["2-frame GIF"], tmp_path)
+    row = describe_file(path, "a/image.gif", "a")
+    assert row["frames"] == 2 and row["decodes"] and len(row["phash"]) == 64
+    flat = tmp_path / "flat.png"
+    Image.new("L", (S, S), 0).save(flat)
+    assert describe_file(flat, "a/flat.png", "a")["phash"] == ""  # no information: never groups
+
+
+def test_heic_is_refused_by_name(tmp_path: Path) -> None:
+    heic = tmp_path / "photo.heic"
+    heic.write_bytes(b"\0\0\0\x18ftypheic" + b"\0" * 64)
+    row = describe_file(heic, "a/photo.heic", "a")
+    assert not row["decodes"] and row["format"] == "HEIC" and "convert it to JPEG" in row["error"]
+    with pytest.raises(DecodeError, match="HEIC is not supported"):
+        decode(heic.read_bytes())
+
+
+def test_bit_depth_rule_on_arrays() -> None:
+    assert to_uint8(np.array([0, 4095], np.uint16)).tolist() == [0, 255]
+    assert to_uint8(np.array([0, 65535], np.uint16)).tolist() == [0, 255]
+    assert to_uint8(np.array([0, 200], np.int64)).tolist() == [0, 200]  # 8-bit values stay
+    assert to_uint8(np.array([-1.0, 1.0])).tolist() == [0, 255]  # outside [0, 1]: min-max
+    assert to_uint8(np.array([np.nan, 0.5])).tolist() == [0, 128]
