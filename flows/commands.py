@@ -62,16 +62,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     _preflight(cfg)
     folders = [f for f in (cfg.data.dir, cfg.data.unlabeled_dir) if f]
     tracked = all(tracks(f) for f in folders)
-    try:
-        for folder in folders:
-            if tracks(folder):  # every run points at a version dvc can restore
-                record_data_version(folder)
-    except DvcError as exc:
-        raise UserError(f"{exc}; fix the DVC repository (`dvc doctor`) and rerun") from exc
     from flows.pipeline import pretrain_finetune  # noqa: PLC0415 - imports prefect
 
+    # The flow records the tracked folders with `dvc add` after the gate, never before it.
     state = pretrain_finetune(params=args.params, overrides=args.overrides, data_dir=args.data_dir,
-                              no_cache=args.no_cache, return_state=True)
+                              no_cache=args.no_cache, record_data=any(tracks(f) for f in folders),
+                              return_state=True)
     if state.is_failed():
         raise UserError(state.message or "the flow failed; see the log above")
     summary = state.result()

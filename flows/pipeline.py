@@ -126,6 +126,7 @@ def _run_stage(stage: str, upstream: tuple[Any, ...], cfg: PipelineConfig, paths
 def pretrain_finetune(
     params: str = "params.yaml", overrides: list[str] | None = None,
     data_dir: str | None = None, no_cache: bool = False, artifacts: str = "artifacts",
+    record_data: bool = False,
 ) -> Any:
     """Validate -> preprocess -> pretrain -> finetune (and the scratch baseline) -> evaluate ->
     register, with one MLflow run holding a nested run per stage.
@@ -135,9 +136,11 @@ def pretrain_finetune(
         overrides: Changes to the params for this run only, one per item, as section.key=value
             (the value is YAML), e.g. finetune.lr=0.003, pretrain.epochs=80,
             finetune.label_fraction=0.1 or data.unlabeled_dir=unlabeled. Any key of params.yaml.
-        data_dir: The labeled images, laid out as <class>/<image>; empty: data.dir of the params.
+        data_dir: The labeled images, laid out as class folders of images; empty: data.dir of the params.
         no_cache: Run every stage again, ignoring Prefect's cache of earlier results.
         artifacts: The folder the stages write their outputs to.
+        record_data: Record the data folders with dvc add once they pass validation (the folders of this
+            DVC project only), so that the run points at a version dvc checkout restores.
     """
     started = time.perf_counter()
     sets = list(overrides or []) + ([f"data.dir={json.dumps(data_dir)}"] if data_dir else [])
@@ -149,11 +152,13 @@ def pretrain_finetune(
                               tags=tags, description=_describe(cfg, tags))
     try:
         mlflow.log_params(cfg.flat())
-        ctx = RunContext(experiment_id, parent.info.run_id, tags)
+        ctx = RunContext(experiment_id, parent.info.run_id, tags, record_data)
         validated = validate_data_task(cfg, paths, ctx)
         if isinstance(validated, str):
             mlflow.end_run("FAILED")
             return Failed(message=validated)
+        tags = {**tags, **lineage_tags(cfg.data.dir, cfg.data.unlabeled_dir)}  # recorded after the gate
+        ctx = RunContext(experiment_id, parent.info.run_id, tags)
         md5 = tags["data_dvc_md5"]
         _tag_flow_run(f"data:{md5[:12] if md5 != 'untracked' else validated.data_digest[:12]}")
         summary, registered, source = _train_and_register(validated, cfg, paths, ctx, no_cache)

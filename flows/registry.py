@@ -2,7 +2,8 @@
 
 Registering and moving aliases are two steps on purpose. ``register_model`` logs and
 registers a version, records on it what it was scored on (test-split fingerprint, data
-version, label budget, lift over scratch) and works out the gate's decision, but moves no
+version, label budget, lift over scratch and its p-value, the images it saw) and works out the
+gate's decision against the champion re-scored on shared images (``flows.champion``), but moves no
 alias. ``apply_decision`` moves ``challenger`` (and ``champion`` when the gate says so) and
 writes the decision into the version's tags and description; the flow calls it only after
 every other step has succeeded, so a failed run moves nothing.
@@ -27,9 +28,11 @@ from mlflow.types import ColSpec, Schema
 from mlflow.types.schema import AnyType
 
 import pipeline_tasks
-from flows.gate import Decision, Scored, decide
+from flows.aliases import move_aliases
+from flows.champion import SEEN, compare_with_champion
+from flows.gate import Challenger, Comparison, Decision, decide
 from pipeline_tasks.config import PipelineConfig
-from pipeline_tasks.data.cache import load_split
+from pipeline_tasks.data.cache import open_images
 
 # Pinned like pyproject.toml: naming them saves MLflow ~10 s of requirement inference.
 PIP_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "numpy", "pandas", "pillow"]
@@ -50,6 +53,8 @@ class RegisterRecord:
     promote: bool
     reason: str
     new_version: bool = True  # False: an identical classifier was registered before
+    champion_version: str | None = None  # the champion the decision was made against
+    p_value: float | None = None  # of the paired test that decided, when one did
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,8 +80,7 @@ def _output_schema(classes: list[str]) -> Schema:
 
 def _example(preprocessed_dir: Path) -> pd.DataFrame:
     """Two test images as pixel arrays [H, W] or [H, W, 3]: the logged input example."""
-    x, _ = load_split(preprocessed_dir, "test")
-    arrays = [a.numpy().transpose(1, 2, 0) for a in x[:2]]
+    arrays = [np.array(a).transpose(1, 2, 0) for a in open_images(preprocessed_dir, "test")[:2]]
     return pd.DataFrame({"image": [a[..., 0] if a.shape[2] == 1 else a for a in arrays]})
 
 
@@ -131,69 +135,65 @@ def _version_by_alias(client: mlflow.MlflowClient, name: str, alias: str) -> Any
         return None
 
 
-def _scored(version: Any, metric: str) -> Scored:
-    tags = version.tags
-    return Scored(str(version.version), float(tags.get(metric, "nan")), tags.get("test_split_sha256", ""),
-                  tuple(json.loads(tags.get("classes", "[]"))))
-
-
-def rescore(model_uri: str, preprocessed_dir: Path, classes: list[str], metric: str) -> float:
-    """``metric`` of a registered model on this run's test split, through its own pyfunc."""
-    from pipeline_tasks.evaluation.metrics import macro_f1  # noqa: PLC0415
-
-    try:
-        model = mlflow.pyfunc.load_model(model_uri)
-    except MlflowException as exc:
-        raise ValueError(f"cannot load {model_uri}: {str(exc).splitlines()[0]}") from exc
-    x, y = load_split(preprocessed_dir, "test")
-    images = [a.numpy().transpose(1, 2, 0) for a in x]
-    names = model.predict(pd.DataFrame({"image": [a[..., 0] if a.shape[2] == 1 else a for a in images]}))
-    pred = np.array([classes.index(c) for c in names["class_name"]])
-    if metric == "test_macro_f1":
-        return macro_f1(y.numpy(), pred, len(classes))
-    return float((pred == y.numpy()).mean())
-
-
 def register_model(classifier_path: str | Path, metrics: dict[str, Any], split: dict[str, Any],
-                   cfg: PipelineConfig, run_id: str, data_version: str,
-                   preprocessed_dir: str | Path) -> RegisterRecord:
+                   cfg: PipelineConfig, run_id: str, data_version: str, paths: Any) -> RegisterRecord:
     """Log and register the classifier inside the active run ``run_id`` and decide on the
-    aliases (moved later by ``apply_decision``). An identical classifier is not registered
-    again: the record then names the existing version and moves nothing."""
+    aliases (moved later by ``apply_decision``). ``paths``: the run's ``ArtifactPaths``. An
+    identical classifier is not registered again: the record then names the existing version
+    and moves nothing."""
     reg, client = cfg.register_, mlflow.MlflowClient()
-    name, metric = reg.model_name, reg.metric
-    digest = classifier_digest(classifier_path)
+    name, digest = reg.model_name, classifier_digest(classifier_path)
     classes = list(torch.load(classifier_path, map_location="cpu", weights_only=True)["classes"])
     same = _same_classifier(client, name, digest)
     if same is not None:
-        held = tuple(sorted(same.aliases))
         mlflow.set_tags({"registered_model": name, "registered_version": str(same.version)})
-        return RegisterRecord(name, str(same.version), held, run_id, f"models:/{name}/{same.version}",
-                              float(metrics[metric]), False,
+        return RegisterRecord(name, str(same.version), tuple(sorted(same.aliases)), run_id,
+                              f"models:/{name}/{same.version}", float(metrics[reg.metric]), False,
                               f"identical to version {same.version} (same weights): nothing registered",
                               new_version=False)
-    version = _log_model({"classifier": str(classifier_path)}, _output_schema(classes),
-                         Path(preprocessed_dir), name)
-    lift = metrics.get("lift_points")
+    seen = paths.preprocessed / SEEN
+    version = _log_model({"classifier": str(classifier_path), "seen_images": str(seen)},
+                         _output_schema(classes), paths.preprocessed, name)
+    _tag_version(client, name, version, metrics, split, data_version, classes, digest, run_id, reg.metric)
+    decision = _decide(client, cfg, version, metrics, classes, paths)
+    mlflow.set_tags({"registered_model": name, "registered_version": version})
+    return RegisterRecord(name, version, (), run_id, f"models:/{name}/{version}",
+                          float(metrics[reg.metric]), decision.promote, _reason(decision), True,
+                          decision.champion_version, decision.p_value)
+
+
+def _tag_version(client: mlflow.MlflowClient, name: str, version: str, metrics: dict[str, Any],
+                 split: dict[str, Any], data_version: str, classes: list[str], digest: str, run_id: str,
+                 metric: str) -> None:
+    """What the version was scored on, and how well: the gate and users read these."""
     facts = {metric: metrics[metric], "test_accuracy": metrics["test_accuracy"],
              "test_split_sha256": split["test_split_sha256"], "test_images": metrics["test_images"],
              "data_version": data_version, "labels_used": metrics.get("labels_used"),
-             "lift_points": lift, "scratch_test_accuracy": metrics.get("scratch_test_accuracy"),
-             "classes": json.dumps(classes), "classifier_digest": digest, "run_id": run_id}
+             "lift_points": metrics.get("lift_points"), "lift_p_value": metrics.get("lift_p_value"),
+             "scratch_test_accuracy": metrics.get("scratch_test_accuracy"), "classes": json.dumps(classes),
+             "classifier_digest": digest, "run_id": run_id}
     for key, value in facts.items():
         if value is not None:
             client.set_model_version_tag(name, version, key, str(value))
-    champion = _version_by_alias(client, name, "champion")
-    me = Scored(version, float(metrics[metric]), split["test_split_sha256"], tuple(classes),
-                None if lift is None else float(lift))
-    decision = decide(
-        me, None if champion is None else _scored(champion, metric), metric, reg.min_improvement,
-        reg.require_lift, os.environ.get("DVC_EXP_NAME"),
-        None if champion is None else lambda: rescore(
-            f"models:/{name}/{champion.version}", Path(preprocessed_dir), classes, metric))
-    mlflow.set_tags({"registered_model": name, "registered_version": version})
-    return RegisterRecord(name, version, (), run_id, f"models:/{name}/{version}", me.score,
-                          decision.promote, _reason(decision))
+
+
+def _decide(client: mlflow.MlflowClient, cfg: PipelineConfig, version: str, metrics: dict[str, Any],
+            classes: list[str], paths: Any) -> Decision:
+    reg = cfg.register_
+    champion = _version_by_alias(client, reg.model_name, "champion")
+    comparison: Comparison | str | None = None
+    if champion is not None:
+        predictions = pd.read_csv(paths.plots / "predictions.csv", dtype=str, keep_default_na=False)
+        try:
+            comparison = compare_with_champion(reg.model_name, champion, reg.metric, paths.preprocessed,
+                                               Path(cfg.data.dir), predictions, classes)
+        except (ValueError, OSError) as exc:
+            comparison = f"champion version {champion.version} could not be re-scored ({exc})"
+    lift, p = metrics.get("lift_points"), metrics.get("lift_p_value")
+    me = Challenger(version, tuple(classes), float(metrics[reg.metric]),
+                    None if lift is None else float(lift), None if p is None else float(p))
+    return decide(me, comparison, reg.metric, reg.min_improvement, reg.significance, reg.require_lift,
+                  os.environ.get("DVC_EXP_NAME"))
 
 
 def _reason(decision: Decision) -> str:
@@ -209,17 +209,21 @@ def _same_classifier(client: mlflow.MlflowClient, name: str, digest: str) -> Any
 
 
 def apply_decision(record: RegisterRecord) -> RegisterRecord:
-    """Move ``challenger`` to the new version, and ``champion`` when the gate allowed it; write
+    """Move ``challenger`` to the new version, and ``champion`` when the gate allowed it and the
+    champion is still the one it was compared with (a compare-and-set, ``flows.aliases``); write
     the decision on the version. Nothing moves for a version that was registered before."""
     if not record.new_version:
         return record
     client = mlflow.MlflowClient()
-    aliases = ("challenger", "champion") if record.promote else ("challenger",)
-    for alias in aliases:
-        client.set_registered_model_alias(record.model_name, alias, record.version)
+    aliases, refused = move_aliases(client, record.model_name, record.version, record.promote,
+                                    record.champion_version, f"run {record.run_id}")
+    promoted = "champion" in aliases
+    reason = record.reason if refused is None else f"challenger only: {refused}; it was {record.reason}"
     client.set_model_version_tag(record.model_name, record.version, "gate_decision",
-                                 "champion" if record.promote else "challenger")
-    client.set_model_version_tag(record.model_name, record.version, "gate_reason", record.reason)
-    client.update_model_version(record.model_name, record.version,
-                                description=f"Promotion gate: {record.reason}")
-    return RegisterRecord(**{**record.to_dict(), "aliases": aliases})
+                                 "champion" if promoted else "challenger")
+    client.set_model_version_tag(record.model_name, record.version, "gate_reason", reason[:5000])
+    if record.p_value is not None:
+        client.set_model_version_tag(record.model_name, record.version, "gate_p_value",
+                                     f"{record.p_value:.4g}")
+    client.update_model_version(record.model_name, record.version, description=f"Promotion gate: {reason}")
+    return RegisterRecord(**{**record.to_dict(), "aliases": aliases, "promote": promoted, "reason": reason})

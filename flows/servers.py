@@ -27,6 +27,7 @@ from pathlib import Path
 from types import FrameType
 
 from flows.errors import UserError
+from flows.project import project_root
 
 STOP_TIMEOUT_S = 15.0
 # MLflow answers /health ~10-20 s after start on 2 busy cores; a first Prefect start migrates
@@ -62,7 +63,7 @@ def _url(host: str, port: int, path: str = "") -> str:
 def build_servers(host: str, prefect_port: int, mlflow_port: int, mlflow_jobs: bool = False) -> list[Server]:
     """The Prefect server (its database in PREFECT_HOME, where `pretrainflow run` records flow
     runs) and the MLflow server on the project's sqlite:///mlflow.db and mlartifacts/."""
-    bin_dir = Path(sys.executable).parent
+    bin_dir, root = Path(sys.executable).parent, project_root()
     api = _url(host, prefect_port, "/api")
     prefect_env = {"PREFECT_SERVER_API_HOST": host, "PREFECT_SERVER_API_PORT": str(prefect_port),
                    "PREFECT_API_URL": api, "PREFECT_UI_API_URL": api,
@@ -78,8 +79,8 @@ def build_servers(host: str, prefect_port: int, mlflow_port: int, mlflow_jobs: b
                prefect_env, _url(host, prefect_port, "/api/health"), _url(host, prefect_port)),
         Server("MLflow", mlflow_port, "--mlflow-port",
                [str(bin_dir / "mlflow"), "server", "--host", host, "--port", str(mlflow_port),
-                "--workers", "1", "--backend-store-uri", "sqlite:///mlflow.db",
-                "--default-artifact-root", Path("mlartifacts").resolve().as_uri()],
+                "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+                "--default-artifact-root", (root / "mlartifacts").as_uri()],
                mlflow_env, _url(host, mlflow_port, "/health"), _url(host, mlflow_port)),
     ]
 

@@ -18,8 +18,9 @@ from typing import Any
 import mlflow
 
 from flows import graph
+from flows.dvc import DvcError, record_data_version, tracks
 from flows.registry import RegisterRecord, apply_decision, download_encoder, register_encoder, register_model
-from flows.tracking import log_dataset, log_runtime, mlflow_log_metrics, stage_run
+from flows.tracking import lineage_tags, log_dataset, log_runtime, mlflow_log_metrics, stage_run
 from pipeline_tasks.config import PipelineConfig
 from pipeline_tasks.data.errors import DataError
 from pipeline_tasks.data.preprocess import PreprocessRecord, preprocess_data
@@ -74,6 +75,7 @@ class RunContext:
     experiment_id: str
     parent_run_id: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    record_data: bool = False  # dvc add the tracked data folders once the gate opens
 
 
 def require(path: Path, stage: str) -> Path:
@@ -86,6 +88,20 @@ def require(path: Path, stage: str) -> Path:
     return path
 
 
+def require_validated(paths: ArtifactPaths) -> dict[str, Any]:
+    """The validation report, when the gate opened. A stage never consumes the outputs of a
+    failed check (trust issue: ``dvc repro -s preprocess`` split the manifest a failed check
+    left behind): the report's verdict decides, not a file's existence."""
+    report = json.loads(require(paths.validation / "report.json", "validate").read_text())
+    if not report.get("success"):
+        failed = "; ".join(f"{f['expectation']} on {f['column'] or 'the class table'} ({f['suite']})"
+                           for f in report.get("failures", [])) or "unknown"
+        raise DataError(f"{paths.validation / 'report.json'}: the last validation failed ({failed}). "
+                        "Fix the data as that report says and run `pretrainflow stage validate` (or "
+                        "`pretrainflow run`) again; no stage uses the outputs of a failed check.")
+    return dict(report)
+
+
 def manifest_cache(data_dir: str | Path) -> Path:
     """Per data folder, outside it and outside artifacts/ (which DVC clears before a stage)."""
     key = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:16]
@@ -93,28 +109,56 @@ def manifest_cache(data_dir: str | Path) -> Path:
 
 
 def run_validate(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> ValidationRecord:
+    """The gate, before anything touches or records the data: symlinks in a DVC-tracked folder
+    are refused (``dvc add`` would replace them with copies), and with ``ctx.record_data`` the
+    folders are recorded with ``dvc add`` only once the gate has opened."""
     pool = cfg.data.unlabeled_dir
+    folders = [f for f in (cfg.data.dir, pool) if f]
     with stage_run("validate", ctx.experiment_id, ctx.parent_run_id,
                    cfg.section("validate"), ctx.tags):
         try:
             record = validate_data(cfg.data.dir, cfg.validate_, paths.validation,
                                    manifest_cache(cfg.data.dir), pool,
-                                   manifest_cache(pool) if pool else None)
+                                   manifest_cache(pool) if pool else None,
+                                   refuse_links=any(tracks(f) for f in folders))
         finally:
             if (paths.validation / "report.json").exists():
                 mlflow.log_artifacts(str(paths.validation), "validation")
-        mlflow.log_metrics({"n_images": record.n_images, "n_classes": record.n_classes,
-                            "n_skipped": record.n_skipped, "n_pool": record.n_pool})
-        mlflow.set_tags({"data_digest": record.data_digest, "data_images": str(record.n_images)})
-        md5 = ctx.tags.get("data_dvc_md5", "untracked")
-        digest = md5 if md5 != "untracked" else record.data_digest[:32]
-        log_dataset(record.manifest_path, cfg.data.dir, digest, ctx.parent_run_id)
-        if ctx.parent_run_id:  # the data version on the flow's run too
-            mlflow.MlflowClient().set_tag(ctx.parent_run_id, "data_images", str(record.n_images))
+        if ctx.record_data:
+            _record(folders)
+        _log_validation(record, cfg, ctx)
         return record
 
 
+def _record(folders: list[str]) -> None:
+    """``dvc add`` the tracked folders, so the run points at a version ``dvc checkout`` restores."""
+    try:
+        for folder in folders:
+            if tracks(folder):
+                record_data_version(folder)
+    except DvcError as exc:
+        raise DataError(f"{exc}. The data passed the gate but could not be recorded: fix the DVC "
+                        "repository (`dvc doctor`) and rerun") from exc
+
+
+def _log_validation(record: ValidationRecord, cfg: PipelineConfig, ctx: RunContext) -> None:
+    """Counts, the data version (read after recording) and the MLflow dataset input."""
+    lineage = lineage_tags(cfg.data.dir, cfg.data.unlabeled_dir)
+    versions = {k: v for k, v in lineage.items() if k.endswith("_dvc_md5")}
+    mlflow.log_metrics({"n_images": record.n_images, "n_classes": record.n_classes,
+                        "n_skipped": record.n_skipped, "n_pool": record.n_pool})
+    mlflow.set_tags({"data_digest": record.data_digest, "data_images": str(record.n_images), **versions})
+    md5 = versions["data_dvc_md5"]
+    log_dataset(record.manifest_path, cfg.data.dir, md5 if md5 != "untracked" else record.data_digest[:32],
+                ctx.parent_run_id)
+    if ctx.parent_run_id:  # the data version on the flow's run too
+        client = mlflow.MlflowClient()
+        for key, value in {"data_images": str(record.n_images), **versions}.items():
+            client.set_tag(ctx.parent_run_id, key, value)
+
+
 def run_preprocess(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> PreprocessRecord:
+    require_validated(paths)
     manifest = require(paths.validation / "manifest.csv", "validate")
     with stage_run("preprocess", ctx.experiment_id, ctx.parent_run_id,
                    {**cfg.section("data"), **cfg.section("preprocess")}, ctx.tags):
@@ -133,6 +177,7 @@ def run_pretrain(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> 
     """Pretrain, resumably (checkpoints under ``artifacts/checkpoints/pretrain``, outside the
     stage's DVC output, which DVC clears before a run), and register the encoder. Under
     ``torchrun`` every rank trains; only rank 0 talks to MLflow."""
+    require_validated(paths)
     require(paths.preprocessed / "train_images.npy", "preprocess")
     train = partial(pretrain_encoder, paths.preprocessed, cfg.pretrain, paths.pretrain,
                     checkpoint_dir=paths.root / "checkpoints" / "pretrain", init_path=_init_weights(cfg))
@@ -164,6 +209,7 @@ def run_finetune(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> 
     from scratch on the same labels and steps (``baseline.pt``) and, when pretraining started
     from ``pretrain.init``, fine-tuned from those weights directly (``init_baseline.pt``);
     ``summary.json`` records them all."""
+    require_validated(paths)
     classes = tuple(json.loads(require(paths.preprocessed / "classes.json", "preprocess").read_text()))
     encoder = require(paths.pretrain / "encoder.pt", "pretrain")
     with stage_run("finetune", ctx.experiment_id, ctx.parent_run_id,
@@ -193,6 +239,7 @@ def run_finetune(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> 
 
 
 def run_evaluate(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> EvaluateRecord:
+    require_validated(paths)
     classifier = require(paths.finetune / "classifier.pt", "finetune")
     trained = json.loads(require(paths.finetune / "summary.json", "finetune").read_text())["classifier"]
     baseline, init_baseline = paths.finetune / "baseline.pt", paths.finetune / "init_baseline.pt"
@@ -217,18 +264,18 @@ def run_register(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext,
     """Register the classifier and decide on the aliases; with ``apply`` (``pretrainflow
     stage register``, the last DVC stage) move them now. The flow passes ``apply=False`` and
     moves them only after every other step has succeeded."""
+    report = require_validated(paths)
     classifier = require(paths.finetune / "classifier.pt", "finetune")
     metrics = json.loads(require(paths.metrics, "evaluate").read_text())
     split = json.loads(require(paths.preprocessed / "splits.json", "preprocess").read_text())
     data_version = ctx.tags.get("data_dvc_md5", "untracked")
     if data_version == "untracked":  # a folder outside DVC: the content digest of the gate
-        report = json.loads(require(paths.validation / "report.json", "validate").read_text())
         data_version = f"sha256:{report['data_digest']}"
     if ctx.tags.get("pool_dvc_md5"):
         data_version += f" + pool {ctx.tags['pool_dvc_md5']}"
     with stage_run("register", ctx.experiment_id, ctx.parent_run_id,
                    cfg.section("register"), ctx.tags) as run_id:
-        record = register_model(classifier, metrics, split, cfg, run_id, data_version, paths.preprocessed)
+        record = register_model(classifier, metrics, split, cfg, run_id, data_version, paths)
         if apply:
             record = apply_decision(record)
         mlflow.set_tags({"gate_reason": record.reason[:5000]})

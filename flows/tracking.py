@@ -16,6 +16,7 @@ import mlflow
 import yaml
 
 from flows import graph
+from flows.project import project_root
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # What the MLflow 3 UI reads to open an experiment on its training runs, not on a GenAI traces page.
@@ -28,8 +29,13 @@ class TrackingError(RuntimeError):
 
 
 def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else a sqlite store in the project folder."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///mlflow.db``; a relative sqlite path
+    resolves against the project root, never the working directory (trust issue: ``predict``
+    run inside a class folder created ``mlflow.db`` there, and the next validation failed)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{project_root() / uri.removeprefix('sqlite:///')}"
+    return uri
 
 
 def setup_tracking(experiment: str) -> str:
@@ -57,8 +63,8 @@ def setup_tracking(experiment: str) -> str:
             mlflow.MlflowClient().set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
         return str(found.experiment_id)
     location = None
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        location = Path("mlartifacts").resolve().as_uri()  # beside mlflow.db, not in cwd/mlruns
+    if uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")).parent == project_root():
+        location = (project_root() / "mlartifacts").as_uri()  # beside mlflow.db, not in cwd/mlruns
     return str(mlflow.create_experiment(experiment, artifact_location=location,
                                         tags=dict([EXPERIMENT_KIND])))
 

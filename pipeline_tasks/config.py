@@ -150,8 +150,12 @@ class EvaluateConfig(_Section):
 class RegisterConfig(_Section):
     model_name: str = Field("pretrainflow-classifier", min_length=1)
     metric: Literal["test_accuracy", "test_macro_f1"] = "test_accuracy"  # what the gate compares
-    # The new version takes the champion alias only when it beats the champion by this much.
+    # The new version takes the champion alias only when it beats the champion by this much
+    # (a practical margin, in the metric's units)...
     min_improvement: float = Field(0.0, ge=0)
+    # ...and beyond noise: the paired test on the same test images (McNemar for accuracy, a
+    # paired bootstrap for F1) below this p-value; the lift over scratch must pass it too.
+    significance: float = Field(0.05, gt=0, le=1)
     # ...and only when it beat its own from-scratch baseline (needs finetune.baseline: true).
     require_lift: bool = True
 

@@ -43,10 +43,11 @@ def preprocess_data(
     manifest_path: str | Path, data_dir: str | Path, data: DataConfig, cfg: PreprocessConfig,
     out_dir: str | Path, pool: tuple[str | Path, str | Path] | None = None,
 ) -> PreprocessRecord:
-    """Write ``{train,val,test}.pt`` ({"images": uint8 [N,C,H,W], "labels": int64 [N]}),
-    ``pool.pt`` ({"images"} of ``pool`` = (pool manifest, pool folder); empty without one),
-    ``splits.csv``, ``classes.json`` and
-    ``splits.json`` (sizes and the test fingerprint) under ``out_dir``."""
+    """Write under ``out_dir``: ``{train,val,test}_images.npy`` (uint8 ``[N,C,H,W]``) and
+    ``*_labels.npy`` (int64 ``[N]``), ``pool_images.npy`` (of ``pool`` = (pool manifest, pool
+    folder); empty without one), ``splits.csv``, ``classes.json``, ``splits.json`` (sizes and
+    the test split's fingerprint) and ``seen_images.txt``: the sha256 of every image a model
+    trained on this cache may see (train, val and pool), which its registered version keeps."""
     out, root = Path(out_dir), Path(data_dir)
     out.mkdir(parents=True, exist_ok=True)
     splits = split_manifest(_read_manifest(manifest_path), cfg, data.limit_per_class)
@@ -59,10 +60,13 @@ def preprocess_data(
         decode_into(images_file(out, name), [root / r for r in rows["path"]], data.image_size, data.channels,
                     data.resize)
         sizes[name] = len(rows)
-    pool_rows = _read_manifest(pool[0])["path"] if pool else pd.Series([], dtype=str)
+    pool_manifest = _read_manifest(pool[0]) if pool else pd.DataFrame({"path": [], "sha256": []}, dtype=str)
+    pool_rows = pool_manifest["path"]
     pool_root = Path(pool[1]) if pool else root
     decode_into(images_file(out, "pool"), [pool_root / r for r in pool_rows], data.image_size, data.channels,
                 data.resize)
+    seen = set(splits.loc[splits["split"] != "test", "sha256"]) | set(pool_manifest["sha256"])
+    (out / "seen_images.txt").write_text("".join(f"{s}\n" for s in sorted(seen - {""})))
     splits.to_csv(out / "splits.csv", index=False)
     (out / "classes.json").write_text(json.dumps(list(classes)))
     record = PreprocessRecord(

@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from pipeline_tasks.config import EvaluateConfig
 from pipeline_tasks.data.cache import load_split_labels, open_images
+from pipeline_tasks.evaluation.compare import mcnemar
 from pipeline_tasks.evaluation.metrics import classification_metrics, confusion_matrix
 from pipeline_tasks.evaluation.plots import compare_scores, confusion_matrices, reliability_diagram
 from pipeline_tasks.models.classifier import load_classifier
@@ -51,34 +53,51 @@ def evaluate_classifier(
 ) -> EvaluateRecord:
     """Score the classifier, and the baselines given (``baseline_path``: scratch;
     ``init_baseline_path``: fine-tuned from ``pretrain.init`` without pretraining), on the test
-    split; writes ``metrics_path`` (DVC metrics, with ``extra`` merged in) and
-    ``plots_dir/`` (``confusion_matrix.png``, ``reliability.png``, ``baselines.png``,
-    ``predictions.csv``)."""
+    split; each baseline's lift comes with the p-value of McNemar's test on the same images.
+    Writes ``metrics_path`` (DVC metrics, with ``extra`` merged in) and ``plots_dir/``
+    (``confusion_matrix.png``, ``reliability.png``, ``baselines.png``, and ``predictions.csv``:
+    one row per test image with its sha256, true and predicted class, and each baseline's)."""
     runtime = resolve_runtime(cfg.device, cfg.precision, "evaluate")
     probs, y_true, classes = score(preprocessed_dir, classifier_path, cfg.batch_size, runtime)
     y_pred = probs.argmax(1)
     metrics: dict[str, float] = {**classification_metrics(probs, y_true), "test_images": int(len(y_true))}
-    scratch = lift = None
+    predictions = pd.DataFrame({"sha256": _test_shas(preprocessed_dir, len(y_true)),
+                                "actual": [classes[i] for i in y_true],
+                                "predicted": [classes[i] for i in y_pred]})
     for name, path in (("scratch", baseline_path), ("init", init_baseline_path)):
         if path is not None:
-            base_probs, _, _ = score(preprocessed_dir, path, cfg.batch_size, runtime)
-            accuracy = float((base_probs.argmax(1) == y_true).mean())
-            gain = round((metrics["test_accuracy"] - accuracy) * 100, 2)
-            metrics[f"{name}_test_accuracy"] = accuracy
-            metrics["lift_points" if name == "scratch" else "lift_over_init_points"] = gain
-            if name == "scratch":
-                scratch, lift = accuracy, gain
+            base = score(preprocessed_dir, path, cfg.batch_size, runtime)[0].argmax(1)
+            paired = mcnemar(y_pred == y_true, base == y_true)
+            gain = "lift_points" if name == "scratch" else "lift_over_init_points"
+            metrics.update({f"{name}_test_accuracy": paired.score_b, gain: round(paired.difference_points, 2),
+                            f"{gain.removesuffix('_points')}_p_value": paired.p_value})
+            predictions[f"{name}_predicted"] = [classes[i] for i in base]
     metrics.update(extra or {})
     Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
     Path(metrics_path).write_text(json.dumps(metrics, indent=2) + "\n")
-    plots = Path(plots_dir)
-    png = confusion_matrices(confusion_matrix(y_true, y_pred, len(classes)), classes,
+    png = _plots(Path(plots_dir), probs, y_true, classes, metrics)
+    predictions.to_csv(Path(plots_dir) / "predictions.csv", index=False)
+    return EvaluateRecord(str(metrics_path), str(png), metrics["test_accuracy"], metrics["test_macro_f1"],
+                          metrics.get("scratch_test_accuracy"), metrics.get("lift_points"),
+                          runtime.describe())
+
+
+def _test_shas(preprocessed_dir: str | Path, n: int) -> list[str]:
+    """The test images' sha256, in cache order (``splits.csv``), or blanks without it."""
+    path = Path(preprocessed_dir) / "splits.csv"
+    if not path.is_file():
+        return [""] * n
+    rows = pd.read_csv(path, dtype=str, keep_default_na=False)
+    shas = list(rows.loc[rows["split"] == "test", "sha256"])
+    return shas if len(shas) == n else [""] * n
+
+
+def _plots(plots: Path, probs: np.ndarray, y_true: np.ndarray, classes: list[str],
+           metrics: dict[str, float]) -> Path:
+    png = confusion_matrices(confusion_matrix(y_true, probs.argmax(1), len(classes)), classes,
                              plots / "confusion_matrix.png")
     reliability_diagram(probs, y_true, plots / "reliability.png")
     compare_scores({"this model": metrics["test_accuracy"],
                     **{f"{n} baseline": metrics[f"{n}_test_accuracy"] for n in ("scratch", "init")
                        if f"{n}_test_accuracy" in metrics}}, plots / "baselines.png")
-    rows = "".join(f"{classes[t]},{classes[p]}\n" for t, p in zip(y_true, y_pred, strict=True))
-    (plots / "predictions.csv").write_text("actual,predicted\n" + rows)
-    return EvaluateRecord(str(metrics_path), str(png), metrics["test_accuracy"], metrics["test_macro_f1"],
-                          scratch, lift, runtime.describe())
+    return png

@@ -119,3 +119,36 @@ def test_import_ends_with_dvc_add(tmp_path: Path, tiny_data: Path, monkeypatch: 
     out = yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]
     assert out["path"] == "data" and out["nfiles"] == 20
     assert sorted(p.name for p in (tmp_path / "data" / "4").iterdir()) == ["02000.png", "02001.png"]
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bool, str | bytes]]:
+    """Every entry: symlinks by their target, files by their bytes."""
+    return {str(p.relative_to(folder)): (True, os.readlink(p)) if p.is_symlink() else (False, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_symlink() or p.is_file()}
+
+
+def test_a_symlink_in_a_tracked_folder_is_refused_before_dvc_add(tmp_path: Path, tiny_data: Path) -> None:
+    """Trust issue: `dvc add` ran before the gate and replaced a link to a file outside the project
+    with a copy of it, which was then trained on."""
+    root = tmp_path / "project"
+    for name in ("pipeline_tasks", "flows"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    write_tiny_params(root / "params.yaml")
+    shutil.copytree(tiny_data, root / "data")
+    _sh(root, "git", "init", "-q")
+    _sh(root, sys.executable, "-m", "dvc", "init", "-q")
+    _sh(root, sys.executable, "-m", "dvc", "add", "-q", "data")
+    secret = tmp_path / "outside" / "secret.png"
+    secret.parent.mkdir()
+    shutil.copy(next((tiny_data / "7").iterdir()), secret)
+    (root / "data" / "3" / "link.png").symlink_to(secret)
+    before, tracked = _snapshot(root / "data"), (root / "data.dvc").read_text()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db", "DVC_NO_ANALYTICS": "1"}
+    env.pop("PREFECT_API_URL", None)
+    run = subprocess.run(["pretrainflow", "run"], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 1 and "3/link.png" in run.stderr and "dvc add" in run.stderr, run.stderr[-2000:]
+    assert _snapshot(root / "data") == before  # still a link, nothing copied or rewritten
+    assert (root / "data.dvc").read_text() == tracked  # nothing recorded

@@ -49,7 +49,43 @@ def test_stage_out_of_order(capsys: pytest.CaptureFixture[str], tmp_path: Path,
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     code, err = _run(capsys, "stage", "pretrain", "--params", str(PARAMS),
                      "--set", f"data.dir={tiny_data}")
-    assert code == 1 and "train_images.npy: not found" in err and "pretrainflow stage preprocess" in err
+    assert code == 1 and "report.json: not found" in err and "pretrainflow stage validate" in err
+
+
+def test_a_stage_after_a_failed_validation_refuses_its_outputs(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        tiny_data: Path) -> None:
+    """What `dvc repro -s preprocess` or a script does after the gate closed."""
+    import shutil
+
+    data = Path(shutil.copytree(tiny_data, tmp_path / "data"))
+    (data / "3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    args = ("--params", str(PARAMS), "--set", f"data.dir={data}", "--set", "validate.min_images_per_class=5")
+    code, err = _run(capsys, "stage", "validate", *args)
+    assert code == 1 and "3/broken.png" in err
+    for stage in ("preprocess", "pretrain", "register"):
+        code, err = _run(capsys, "stage", stage, *args)
+        assert code == 1, stage
+        assert "the last validation failed (expect_column_values_to_be_in_set on decodes" in err, stage
+    assert not (tmp_path / "artifacts" / "preprocessed").exists()
+
+
+def test_predict_inside_a_data_folder_writes_nothing_there(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        tiny_data: Path) -> None:
+    import shutil
+
+    shutil.copy(PARAMS, tmp_path / "params.yaml")  # a project folder
+    data = Path(shutil.copytree(tiny_data, tmp_path / "data"))
+    before = sorted(p.name for p in (data / "3").iterdir())
+    monkeypatch.chdir(data / "3")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code, err = _run(capsys, "predict", ".")
+    assert code == 1 and "cannot load model models:/pretrainflow-classifier@champion" in err
+    assert sorted(p.name for p in (data / "3").iterdir()) == before  # no mlflow.db, no mlruns
+    assert (tmp_path / "mlflow.db").is_file()  # the project's one store
 
 
 def test_unreachable_mlflow_server(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,

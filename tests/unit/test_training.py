@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -61,8 +62,9 @@ def test_finetune_then_evaluate(pre: PreprocessRecord, encoder_path: str, tiny_c
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["test_accuracy"] == ev.test_accuracy and metrics["test_images"] == pre.n_test
     assert Image.open(ev.confusion_png).size[0] > 100
-    lines = (tmp_path / "plots" / "predictions.csv").read_text().splitlines()
-    assert lines[0] == "actual,predicted" and len(lines) == 21
+    predictions = pd.read_csv(tmp_path / "plots" / "predictions.csv", dtype=str)
+    assert list(predictions.columns) == ["sha256", "actual", "predicted"] and len(predictions) == pre.n_test
+    assert (predictions["sha256"].str.len() == 64).all()  # each test image named by its content
 
 
 def test_linear_probe_keeps_the_encoder(pre: PreprocessRecord, encoder_path: str,

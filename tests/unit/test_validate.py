@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 import pipeline_tasks.data.manifest as manifest_module
 from pipeline_tasks.config import ValidateConfig
@@ -104,3 +105,28 @@ def test_missing_and_empty_folders(tmp_path: Path) -> None:
     (tmp_path / "empty" / "cats").mkdir(parents=True)
     with pytest.raises(DataError, match="no images found"):
         build_manifest(tmp_path / "empty")
+
+
+def test_the_manifest_sees_a_rewrite_that_keeps_size_and_mtime(data: Path, tmp_path: Path) -> None:
+    """Files unpacked from one archive share an mtime; images of one shape in BMP or PGM share a
+    size: a content change that keeps both must still be read again."""
+    import os
+
+    cache = tmp_path / "cache.csv"
+    target, other = sorted((data / "2").iterdir())[0], sorted((data / "5").iterdir())[0]
+    with Image.open(other) as im:  # another digit, written to the same size in the same format
+        im.save(tmp_path / "same-size.bmp")
+    with Image.open(target) as im:
+        im.save(target.with_suffix(".bmp"))
+    target.unlink()
+    target = target.with_suffix(".bmp")
+    first = build_manifest(data, cache).set_index("path")
+    st = target.stat()
+    replacement = (tmp_path / "same-size.bmp").read_bytes()
+    assert len(replacement) == st.st_size
+    target.write_bytes(replacement)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))  # the same size and mtime as before
+    assert (target.stat().st_size, target.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    again = build_manifest(data, cache).set_index("path")
+    rel = f"2/{target.name}"
+    assert again.at[rel, "sha256"] != first.at[rel, "sha256"]
