@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline_tasks.config import load_config  # noqa: E402
 from pipeline_tasks.data.cache import save_split  # noqa: E402
 from pipeline_tasks.data.datasets import load_mnist_5k  # noqa: E402
-from pipeline_tasks.data.importers import find_idx_pairs, read_idx  # noqa: E402
+from pipeline_tasks.data.idx import find_idx_pairs, read_idx  # noqa: E402
 from pipeline_tasks.evaluation.plots import label_efficiency_chart  # noqa
 from pipeline_tasks.evaluation.sweep import label_sweep, summarize  # noqa: E402
 from pipeline_tasks.ssl.trainer import pretrain_encoder  # noqa: E402

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline_tasks.data.importers import find_idx_pairs, import_idx
+from pipeline_tasks.data.idx import find_idx_pairs, import_idx
 from pipeline_tasks.data.manifest import build_manifest
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")

@@ -59,17 +59,24 @@ def build_parser() -> argparse.ArgumentParser:
         description="Self-supervised pretraining + fine-tuning on few labels, orchestrated by "
                     "Prefect, tracked in MLflow, versioned with DVC, gated by Great Expectations.")
     sub = parser.add_subparsers(dest="command", required=True)
-
     run = sub.add_parser("run", help="run the whole pipeline as the Prefect flow 'pretrain-finetune'")
     _params_arg(run)
     run.add_argument("--data-dir", help="image folder laid out as <class>/<image> (default: data.dir)")
     run.add_argument("--no-cache", action="store_true", help="rerun every stage, ignoring Prefect's cache")
-
     stage = sub.add_parser("stage", help="run one stage (what dvc.yaml calls)")
     stage.add_argument("name", choices=graph.NAMES)
     _params_arg(stage)
+    _data_parsers(sub.add_parser("data", help="create or import the image folder"))
+    predict = sub.add_parser("predict", help="classify image files with a registered model")
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    predict.add_argument("--model-uri", default="models:/pretrainflow-classifier@champion")
+    predict.add_argument("--output", help="write predictions to this CSV instead of stdout")
+    _serve_parser(sub.add_parser("serve", help="serve the flow as a Prefect deployment with a schedule"))
+    _ui_parser(sub.add_parser("ui", help="start local Prefect and MLflow servers and print their URLs"))
+    return parser
 
-    data = sub.add_parser("data", help="create or import the image folder")
+
+def _data_parsers(data: argparse.ArgumentParser) -> None:
     dsub = data.add_subparsers(dest="data_command", required=True)
     builtin = dsub.add_parser("builtin", help="write a built-in dataset (offline), then `dvc add` it")
     builtin.add_argument("name", choices=["mnist-5k"])
@@ -97,18 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     pool.add_argument("path", help="source folder; every image under it is copied (never moved)")
     pool.add_argument("--out", default="unlabeled", help="destination folder (default: unlabeled)")
 
-    predict = sub.add_parser("predict", help="classify image files with a registered model")
-    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
-    predict.add_argument("--model-uri", default="models:/pretrainflow-classifier@champion")
-    predict.add_argument("--output", help="write predictions to this CSV instead of stdout")
 
-    serve = sub.add_parser("serve", help="serve the flow as a Prefect deployment with a schedule")
+def _serve_parser(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--cron", default=None, help="cron schedule, e.g. '0 3 * * *' (default: none)")
     serve.add_argument("--timezone", default=None, metavar="TZ",
                        help="the schedule's IANA timezone, e.g. Europe/Paris (default: this machine's)")
     _params_arg(serve)
 
-    ui = sub.add_parser("ui", help="start local Prefect and MLflow servers and print their URLs")
+
+def _ui_parser(ui: argparse.ArgumentParser) -> None:
     ui.add_argument("--prefect-port", type=_port, default=4200, help="Prefect UI and API (default: 4200)")
     ui.add_argument("--mlflow-port", type=_port, default=5000, help="MLflow UI and API (default: 5000)")
     ui.add_argument("--host", default="127.0.0.1",
@@ -116,7 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
                          "0.0.0.0: every interface)")
     ui.add_argument("--mlflow-jobs", action="store_true",
                     help="start MLflow's job runner too (GenAI scorer jobs; ~8 more processes)")
-    return parser
 
 
 def _handler(command: str) -> Callable[[argparse.Namespace], int]:

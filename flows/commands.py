@@ -22,13 +22,8 @@ from pipeline_tasks.config import ConfigError, PipelineConfig, load_config
 from pipeline_tasks.data.datasets import UNLABELED, write_builtin
 from pipeline_tasks.data.decode import REFUSED, REFUSED_FIX
 from pipeline_tasks.data.errors import DataError, DatasetError
-from pipeline_tasks.data.importers import (
-    IMAGE_SUFFIXES,
-    find_idx_pairs,
-    import_folder,
-    import_idx,
-    import_unlabeled,
-)
+from pipeline_tasks.data.idx import find_idx_pairs, import_idx
+from pipeline_tasks.data.importers import IMAGE_SUFFIXES, import_folder, import_unlabeled
 from pipeline_tasks.data.listing import list_images, list_pool
 from pipeline_tasks.ssl import distributed
 

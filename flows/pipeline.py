@@ -151,43 +151,66 @@ def pretrain_finetune(
     parent = mlflow.start_run(experiment_id=experiment_id, run_name=f"pretrain-finetune {flow_run.name}",
                               tags=tags, description=_describe(cfg, tags))
     try:
-        mlflow.log_params(cfg.flat())
-        ctx = RunContext(experiment_id, parent.info.run_id, tags, record_data)
-        validated = validate_data_task(cfg, paths, ctx)
-        if isinstance(validated, str):
-            mlflow.end_run("FAILED")
-            return Failed(message=validated)
-        tags = {**tags, **lineage_tags(cfg.data.dir, cfg.data.unlabeled_dir)}  # recorded after the gate
-        ctx = RunContext(experiment_id, parent.info.run_id, tags)
-        md5 = tags["data_dvc_md5"]
-        _tag_flow_run(f"data:{md5[:12] if md5 != 'untracked' else validated.data_digest[:12]}")
-        summary, registered, source = _train_and_register(validated, cfg, paths, ctx, no_cache)
-        summary["seconds"] = round(time.perf_counter() - started, 1)
-        mlflow.log_metric("pipeline_seconds", summary["seconds"])
-        uri = mlflow.get_tracking_uri()
-        links = {"run": run_link(uri, experiment_id, ctx.parent_run_id or ""),
-                 "model": model_link(uri, registered.model_name, registered.version)}
-        if source:
-            links["source"] = run_link(uri, experiment_id, source)
-        create_markdown_artifact(key="run-summary", markdown=summary_markdown(summary, links),
-                                 description="pretrain-finetune results")
-        # Last: the aliases move only once everything else has succeeded.
-        summary["aliases"] = list(move_aliases_task(registered, paths).aliases)
-        mlflow.end_run("FINISHED")
-        return summary
+        return _run(cfg, paths, RunContext(experiment_id, parent.info.run_id, tags, record_data), no_cache,
+                    started)
     except (MlflowException, requests.exceptions.RequestException) as exc:
         with contextlib.suppress(Exception):
             mlflow.end_run("FAILED")
-        uri = mlflow.get_tracking_uri()
-        cause = re.search(r"\[Errno \d+\][^\"')]*", str(exc))  # e.g. "[Errno 111] Connection refused"
-        reason = cause.group(0) if cause else str(exc).splitlines()[0][:200]
-        return Failed(message=f"MLflow tracking store {uri} (MLFLOW_TRACKING_URI) failed during the run, "
-                              f"after retries: {reason}. No alias moved. Start the server again "
-                              "(`pretrainflow ui`) and rerun: finished stages come from the cache.")
+        return Failed(message=_tracking_failure(exc))
     except BaseException:
         with contextlib.suppress(Exception):
             mlflow.end_run("FAILED")
         raise
+
+
+def _run(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext, no_cache: bool, started: float) -> Any:
+    """The flow inside its MLflow run: the gate, then training and registration, then the
+    summary; the aliases move last, and the summary is published again once they have."""
+    mlflow.log_params(cfg.flat())
+    validated = validate_data_task(cfg, paths, ctx)
+    if isinstance(validated, str):
+        mlflow.end_run("FAILED")
+        return Failed(message=validated)
+    tags = {**ctx.tags, **lineage_tags(cfg.data.dir, cfg.data.unlabeled_dir)}  # recorded after the gate
+    ctx = RunContext(ctx.experiment_id, ctx.parent_run_id, tags)
+    md5 = tags["data_dvc_md5"]
+    _tag_flow_run(f"data:{md5[:12] if md5 != 'untracked' else validated.data_digest[:12]}")
+    summary, registered, source = _train_and_register(validated, cfg, paths, ctx, no_cache)
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    mlflow.log_metric("pipeline_seconds", summary["seconds"])
+    links = _links(ctx, registered, source)
+    _publish(summary, links, final=False)
+    moved = move_aliases_task(registered, paths)  # last: aliases move only once all else succeeded
+    summary.update(aliases=list(moved.aliases), gate=moved.reason)
+    _publish(summary, links, final=True)
+    mlflow.end_run("FINISHED")
+    return summary
+
+
+def _links(ctx: RunContext, registered: RegisterRecord, source: str | None) -> dict[str, str]:
+    uri = mlflow.get_tracking_uri()
+    links = {"run": run_link(uri, ctx.experiment_id, ctx.parent_run_id or ""),
+             "model": model_link(uri, registered.model_name, registered.version)}
+    if source:
+        links["source"] = run_link(uri, ctx.experiment_id, source)
+    return links
+
+
+def _publish(summary: dict[str, Any], links: dict[str, str], final: bool) -> None:
+    """The ``run-summary`` artifact (Prefect shows a key's latest version): before the aliases
+    move it says they are pending; after, it shows them as the registry holds them."""
+    shown = summary if final else {**summary, "aliases": "pending: they move when the run finishes"}
+    create_markdown_artifact(key="run-summary", markdown=summary_markdown(shown, links),
+                             description="pretrain-finetune results")
+
+
+def _tracking_failure(exc: Exception) -> str:
+    uri = mlflow.get_tracking_uri()
+    cause = re.search(r"\[Errno \d+\][^\"')]*", str(exc))  # e.g. "[Errno 111] Connection refused"
+    reason = cause.group(0) if cause else str(exc).splitlines()[0][:200]
+    return (f"MLflow tracking store {uri} (MLFLOW_TRACKING_URI) failed during the run, after retries: "
+            f"{reason}. No alias moved. Start the server again (`pretrainflow ui`) and rerun: finished "
+            "stages come from the cache.")
 
 
 def _prefect_tags() -> dict[str, str]:

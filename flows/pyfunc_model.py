@@ -32,6 +32,10 @@ class ImageModel(PythonModel):
 
         from pipeline_tasks.models.classifier import classifier_recipe, load_classifier
         from pipeline_tasks.models.weights import load_encoder
+        from pipeline_tasks.runtime import resolve_runtime
+
+        # the GPU when there is one (quietly the CPU otherwise: a server is not a training run)
+        self.runtime = resolve_runtime("cuda" if torch.cuda.is_available() else "cpu", "auto", "serve")
 
         if "classifier" in context.artifacts:
             path = context.artifacts["classifier"]
@@ -52,7 +56,9 @@ class ImageModel(PythonModel):
         r = self.recipe
         batch = torch.from_numpy(prepare_batch(model_input, r["image_size"], r["channels"],
                                                r.get("resize", "squash")))
-        out = predict_logits(self.model, batch, torch.device("cpu")) if len(batch) else torch.empty(0, 1)
+        rt = self.runtime
+        out = predict_logits(self.model.to(rt.device), batch, rt.device, 256, rt.dtype) if len(batch) \
+            else torch.empty(0, 1)
         if not self.classes:  # an encoder: its features
             feats = torch.nn.functional.normalize(out, dim=1).numpy().astype(np.float64)
             return pd.DataFrame({"embedding": list(feats)})

@@ -33,39 +33,22 @@ from pipeline_tasks.ssl.trainer import PretrainRecord, pretrain_encoder
 MANIFEST_CACHE_DIR = Path(".cache")
 
 
+def _under(name: str) -> Any:
+    return property(lambda self: self.root / name)
+
+
 @dataclass(frozen=True)
 class ArtifactPaths:
-    """Where each stage writes (the DVC outs in dvc.yaml)."""
+    """Where each stage writes (the outputs the stage graph declares; a test keeps them equal)."""
 
     root: Path = Path("artifacts")
-
-    @property
-    def validation(self) -> Path:
-        return self.root / "validation"
-
-    @property
-    def preprocessed(self) -> Path:
-        return self.root / "preprocessed"
-
-    @property
-    def pretrain(self) -> Path:
-        return self.root / "pretrain"
-
-    @property
-    def finetune(self) -> Path:
-        return self.root / "finetune"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.json"
-
-    @property
-    def plots(self) -> Path:
-        return self.root / "plots"
-
-    @property
-    def registered(self) -> Path:
-        return self.root / "registered.json"
+    validation = _under("validation")
+    preprocessed = _under("preprocessed")
+    pretrain = _under("pretrain")
+    finetune = _under("finetune")
+    metrics = _under("metrics.json")
+    plots = _under("plots")
+    registered = _under("registered.json")
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,16 @@ class _Fit:
     step: int
 
 
+def _inputs(x: torch.Tensor, augment: ViewAugment | None, generator: torch.Generator,
+            on_features: bool) -> torch.Tensor:
+    """A training batch as the model takes it: features as they are, images augmented (or only
+    scaled) and channels_last on CUDA."""
+    if on_features:
+        return x
+    inputs = augment(x, generator) if augment else to_float(x)
+    return inputs.contiguous(memory_format=torch.channels_last) if x.device.type == "cuda" else inputs
+
+
 def _fit(model: nn.Module, param_groups: list[dict[str, Any]], data: tuple[torch.Tensor, ...],
          cfg: FinetuneConfig, fabric: Fabric, augment: ViewAugment | None,
          log_metrics: LogMetrics, on_features: bool = False) -> _Fit:
@@ -113,10 +123,8 @@ def _fit(model: nn.Module, param_groups: list[dict[str, Any]], data: tuple[torch
             order = torch.randperm(len(x), device=x.device, generator=generator)
         idx, order = order[:batch], order[batch:]
         model.train()
-        inputs = x[idx] if on_features else augment(x[idx], generator) if augment else to_float(x[idx])
-        if device.type == "cuda" and not on_features:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        loss = nn.functional.cross_entropy(model(inputs).float(), y[idx])
+        loss = nn.functional.cross_entropy(model(_inputs(x[idx], augment, generator, on_features)).float(),
+                                           y[idx])
         optimizer.zero_grad(set_to_none=True)
         fabric.backward(loss)
         optimizer.step()
@@ -155,6 +163,19 @@ def _linear_probe(encoder: ResNetEncoder, n_classes: int, data: tuple[torch.Tens
     return model, fit
 
 
+def starting_encoder(encoder_path: str | Path, mode: str, init_path: str | Path | None) -> ResNetEncoder:
+    """The pretrained encoder; for ``scratch`` the same architecture with random weights; for
+    ``init`` the starting weights ``init_path`` (``pretrain.init``) without pretraining."""
+    encoder = load_encoder(encoder_path)
+    if mode in ("scratch", "init"):
+        encoder = ResNetEncoder(encoder.spec)
+    if mode == "init":
+        if init_path is None:
+            raise ValueError("fine-tuning mode 'init' needs the starting weights (pretrain.init)")
+        load_init(encoder, init_path)
+    return encoder
+
+
 def finetune_classifier(
     preprocessed_dir: str | Path, encoder_path: str | Path, classes: tuple[str, ...],
     cfg: FinetuneConfig, out_dir: str | Path, log_metrics: LogMetrics = lambda metrics, step: None,
@@ -175,13 +196,7 @@ def finetune_classifier(
     subset = labeled_subset(train_y, cfg.label_fraction, cfg.seed)
     val_subset = stratified_subset(val_y, cfg.seed, per_class=cfg.val_per_class)
     data = (train_x[subset].to(device), train_y[subset].to(device), val_x[val_subset], val_y[val_subset])
-    encoder = load_encoder(encoder_path)
-    if mode in ("scratch", "init"):
-        encoder = ResNetEncoder(encoder.spec)
-    if mode == "init":
-        if init_path is None:
-            raise ValueError("fine-tuning mode 'init' needs the starting weights (pretrain.init)")
-        load_init(encoder, init_path)
+    encoder = starting_encoder(encoder_path, mode, init_path)
     if mode == "linear":
         encoder.requires_grad_(False)
         model, fit = _linear_probe(encoder, len(classes), data, cfg, fabric, runtime, log_metrics)

@@ -125,7 +125,7 @@ def _train(run: Run, preprocessed_dir: Path, out: Path, log_metrics: LogMetrics,
         save_view_grid(preprocessed_dir, run.views, out / "views.png")
     first = at.epoch * b.steps_per_epoch + at.index
     progress = Progress(b.total_steps, 2 * b.batch, "pretrain", main, first)
-    loss, knn, seconds, waited, order = float("nan"), float("nan"), 0.0, 0.0, at.order
+    loss, seconds, waited, order = float("nan"), 0.0, 0.0, at.order
     for epoch in range(at.epoch, cfg.epochs):
         order = order if order is not None else torch.randperm(len(run.source), generator=run.order_rng)
         start, begin = time.perf_counter(), at.index if epoch == at.epoch else 0
@@ -147,18 +147,25 @@ def _train(run: Run, preprocessed_dir: Path, out: Path, log_metrics: LogMetrics,
         order = None
     trained = b.total_steps - first
     _require_steps(trained, b.total_steps, at)
-    encoder_path = out / "encoder.pt"
-    if main:
-        knn = _knn_on_val(run.method.encoder, preprocessed_dir, run.fabric.device)
-        log_metrics({"knn_accuracy": knn}, cfg.epochs)
-        encoder = run.method.encoder
-        assert isinstance(encoder, ResNetEncoder)
-        save_atomic({"spec": encoder.spec.to_dict(), "state_dict": _cpu_state(encoder)}, encoder_path)
-    checkpoint.retire(run.fabric, run.checkpoint_dir)
-    return PretrainRecord(str(encoder_path), loss, knn, 2 * b.batch * trained / max(seconds, 1e-9),
+    knn = _save_encoder(run, preprocessed_dir, out / "encoder.pt", log_metrics)
+    return PretrainRecord(str(out / "encoder.pt"), loss, knn, 2 * b.batch * trained / max(seconds, 1e-9),
                           len(run.source), n_pool, waited / max(seconds, 1e-9),
                           None if at.resumed_from_step is None else at.epoch + 1, tuple(notes),
                           trained, b.total_steps, 2 * b.batch * trained)
+
+
+def _save_encoder(run: Run, preprocessed_dir: Path, path: Path, log_metrics: LogMetrics) -> float:
+    """Rank 0 scores the final k-NN monitor and writes the encoder; then the run's checkpoint is
+    retired (a finished run is never resumed). Returns the k-NN accuracy (NaN on other ranks)."""
+    knn = float("nan")
+    if run.fabric.is_global_zero:
+        knn = _knn_on_val(run.method.encoder, preprocessed_dir, run.fabric.device)
+        log_metrics({"knn_accuracy": knn}, run.cfg.epochs)
+        encoder = run.method.encoder
+        assert isinstance(encoder, ResNetEncoder)
+        save_atomic({"spec": encoder.spec.to_dict(), "state_dict": _cpu_state(encoder)}, path)
+    checkpoint.retire(run.fabric, run.checkpoint_dir)
+    return knn
 
 
 def _require_steps(trained: int, total: int, at: Position) -> None:

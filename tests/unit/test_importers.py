@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from pipeline_tasks.data.errors import DatasetError
-from pipeline_tasks.data.importers import ImportSummary, find_idx_pairs, import_folder, import_idx, read_idx
+from pipeline_tasks.data.idx import find_idx_pairs, import_idx, read_idx
+from pipeline_tasks.data.importers import ImportSummary, import_folder
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 _CODES = {np.dtype("uint8"): 0x08, np.dtype("int8"): 0x09, np.dtype("int16"): 0x0B,

@@ -1,0 +1,105 @@
+"""The Great Expectations suites of the gate and how they run: ``image-files`` (one row per
+file: links, names, decoding, format, size, label conflicts), ``image-classes`` (one row per
+class folder: count, imbalance, expected label set) and ``pool-files`` (the unlabeled pool's
+files). GX costs ~3 s to import: it is imported only when the gate runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline_tasks.config import ValidateConfig
+from pipeline_tasks.data.nearcopy import label_conflicts
+
+
+def file_table(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The manifest as GX sees it: size and format are null for files that do not decode
+    (GX skips nulls, so a broken file is reported once, under ``decodes``)."""
+    ok = manifest["decodes"].astype(bool)
+    refused = manifest["refused_link"].astype(bool) | manifest["bad_name"].astype(bool)
+    return manifest.assign(
+        decodes=manifest["decodes"].astype(object).where(~refused),  # never read: reported once
+        format=manifest["format"].where(ok), width=manifest["width"].where(ok),
+        height=manifest["height"].where(ok),
+        label_conflict=label_conflicts(manifest) if len(manifest) else False,
+    )
+
+
+def class_table(manifest: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """One row per class folder, empty ones included."""
+    counts = manifest.groupby("label").size().reindex(classes, fill_value=0)
+    biggest = max(int(counts.max()), 1)
+    return pd.DataFrame({"label": classes, "n_images": counts.to_numpy(),
+                         "imbalance": biggest / counts.clip(lower=1).to_numpy()})
+
+
+def _suites(cfg: ValidateConfig) -> dict[str, list[Any]]:
+    import great_expectations as gx  # noqa: PLC0415 - GX costs ~3 s to import; only here
+
+    e = gx.expectations
+    classes = [
+        e.ExpectTableRowCountToBeBetween(min_value=cfg.min_classes),
+        e.ExpectColumnValuesToBeBetween(column="n_images", min_value=cfg.min_images_per_class),
+        e.ExpectColumnValuesToBeBetween(column="imbalance", max_value=cfg.max_imbalance_ratio),
+    ]
+    if cfg.expected_classes is not None:
+        classes.append(e.ExpectColumnDistinctValuesToEqualSet(
+            column="label", value_set=list(cfg.expected_classes)))
+    def files() -> list[Any]:  # a fresh list per suite: GX binds expectations to their suite
+        return [
+            e.ExpectColumnValuesToBeInSet(column="refused_link", value_set=[False]),
+            e.ExpectColumnValuesToBeInSet(column="bad_name", value_set=[False]),
+            e.ExpectColumnValuesToBeInSet(column="decodes", value_set=[True]),
+            e.ExpectColumnValuesToBeInSet(column="format", value_set=list(cfg.allowed_formats)),
+            e.ExpectColumnValuesToBeBetween(column="width", min_value=cfg.min_width),
+            e.ExpectColumnValuesToBeBetween(column="height", min_value=cfg.min_height),
+        ]
+
+    return {
+        "image-files": [*files(), e.ExpectColumnValuesToBeInSet(column="label_conflict", value_set=[False])],
+        "image-classes": classes,
+        "pool-files": files(),  # the unlabeled pool: same file checks, no labels
+    }
+
+
+def run_suites(tables: dict[str, pd.DataFrame], cfg: ValidateConfig,
+               docs_dir: Path | None) -> dict[str, list[Any]]:
+    """Run each suite on its table in one ephemeral GX context; Data Docs to ``docs_dir``."""
+    import great_expectations as gx  # noqa: PLC0415
+    from great_expectations.checkpoint import UpdateDataDocsAction  # noqa: PLC0415
+    from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: PLC0415
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    actions: list[Any] = []
+    if docs_dir is not None:
+        context.add_data_docs_site(site_name="pretrainflow", site_config={
+            "class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                              "base_directory": str(docs_dir.resolve())}})
+        actions = [UpdateDataDocsAction(name="data-docs", site_names=["pretrainflow"])]
+    source = context.data_sources.add_pandas("manifest")
+    results = {}
+    suites = _suites(cfg)
+    for name in tables:
+        expectations = suites[name]
+        batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
+        suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=name, data=batch, suite=suite))
+        index = "label" if name == "image-classes" else "path"
+        checkpoint = context.checkpoints.add(gx.Checkpoint(
+            name=name, validation_definitions=[definition], actions=actions,
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [index]}))
+        run = checkpoint.run(batch_parameters={"dataframe": tables[name]})
+        results[name] = [r for v in run.run_results.values() for r in v.results]
+    return results
+
+
+def bad_files(results: list[Any]) -> dict[str, str]:
+    """``{path: failed column}`` for every file a file-level expectation flagged."""
+    return {r["path"]: res.expectation_config.kwargs["column"] for res in results if not res.success
+            for r in res.result.get("unexpected_index_list") or []}
