@@ -39,6 +39,7 @@ fi
 
 if [ "$node_rank" = 0 ]; then
     pretrainflow stage finetune "$@"
+    pretrainflow stage pool "$@"
     pretrainflow stage evaluate "$@"
     pretrainflow stage register "$@"
 fi

@@ -45,39 +45,44 @@ class Stage:
     untracked_outs: tuple[str, ...] = ()  # outputs DVC records but does not cache
 
 
-_CACHE_FILES = tuple(f"{ARTIFACTS}/preprocessed/{s}_{kind}.npy" for s in ("train", "val", "test")
-                     for kind in ("images", "labels"))
+def _a(*paths: str) -> tuple[str, ...]:
+    """Paths under ``artifacts/``."""
+    return tuple(f"{ARTIFACTS}/{p}" for p in paths)
+
+
+_CACHE_FILES = _a(*(f"preprocessed/{split}_{kind}.npy" for split in ("train", "val", "test")
+                    for kind in ("images", "labels")))
 STAGES: tuple[Stage, ...] = (
     Stage("validate", "validate-data",
           "Great Expectations gate on the labeled images and the unlabeled pool",
-          ("data", "validate"), ("pipeline_tasks.data.validate",), ("${data.dir}",),
-          (f"{ARTIFACTS}/validation",)),
-    Stage("preprocess", "preprocess-data", "stratified splits and the uint8 image cache",
-          ("data", "preprocess"), ("pipeline_tasks.data.preprocess",),
-          ("${data.dir}", f"{ARTIFACTS}/validation"), (f"{ARTIFACTS}/preprocessed",),
-          proof=(*_CACHE_FILES, f"{ARTIFACTS}/preprocessed/pool_images.npy",
-                 f"{ARTIFACTS}/preprocessed/classes.json", f"{ARTIFACTS}/preprocessed/splits.json",
-                 f"{ARTIFACTS}/preprocessed/seen_images.txt")),
+          ("data", "validate"), ("pipeline_tasks.data.validate",), ("${data.dir}",), _a("validation")),
+    Stage("preprocess", "preprocess-data", "splits by content and the uint8 image cache",
+          ("data", "preprocess"), ("pipeline_tasks.data.preprocess",), ("${data.dir}", *_a("validation")),
+          _a("preprocessed"),
+          proof=(*_CACHE_FILES, *_a("preprocessed/pool_images.npy", "preprocessed/classes.json",
+                                    "preprocessed/splits.json", "preprocessed/seen_images.txt"))),
     Stage("pretrain", "pretrain-encoder", "self-supervised pretraining of the encoder (labels unused)",
-          ("pretrain",), ("pipeline_tasks.ssl.trainer",), (f"{ARTIFACTS}/preprocessed",),
-          (f"{ARTIFACTS}/pretrain",), proof=(f"{ARTIFACTS}/pretrain/encoder.pt",)),
+          ("pretrain",), ("pipeline_tasks.ssl.trainer",), _a("preprocessed"), _a("pretrain"),
+          proof=_a("pretrain/encoder.pt")),
     Stage("finetune", "finetune-classifier",
           "fine-tuning on the labeled subset, and the from-scratch baseline",
-          ("finetune", "pretrain.init"), ("pipeline_tasks.finetune.train",),
-          (f"{ARTIFACTS}/preprocessed", f"{ARTIFACTS}/pretrain"), (f"{ARTIFACTS}/finetune",),
-          proof=tuple(f"{ARTIFACTS}/finetune/{f}" for f in
-                      ("classifier.pt", "baseline.pt", "init_baseline.pt", "summary.json"))),
-    Stage("evaluate", "evaluate-classifier", "scores on the held-out test split",
+          ("finetune", "pretrain.init"), ("pipeline_tasks.finetune.train",), _a("preprocessed", "pretrain"),
+          _a("finetune"), proof=_a(*(f"finetune/{f}" for f in ("classifier.pt", "baseline.pt",
+                                                               "init_baseline.pt", "summary.json",
+                                                               "labels.npz")))),
+    Stage("pool", "learn-from-pool",
+          "semi-supervised learning on the unlabeled pool, from the fine-tuned classifier",
+          ("pool",), ("pipeline_tasks.finetune.pool",), _a("preprocessed", "finetune"), _a("pool"),
+          proof=_a("pool/classifier.pt", "pool/summary.json")),
+    Stage("evaluate", "evaluate-classifier",
+          "scores on the held-out test split, against the baselines and the reference points",
           ("evaluate",), ("pipeline_tasks.evaluation.evaluate",),
-          (f"{ARTIFACTS}/preprocessed", f"{ARTIFACTS}/finetune"), (),
-          proof=(f"{ARTIFACTS}/metrics.json", f"{ARTIFACTS}/plots/confusion_matrix.png",
-                 f"{ARTIFACTS}/plots/predictions.csv"),
-          metrics=(f"{ARTIFACTS}/metrics.json",),
-          plots=(f"{ARTIFACTS}/plots/predictions.csv", f"{ARTIFACTS}/plots/confusion_matrix.png")),
+          _a("preprocessed", "pretrain", "finetune", "pool"), (),
+          proof=_a("metrics.json", "plots/confusion_matrix.png", "plots/predictions.csv"),
+          metrics=_a("metrics.json"), plots=_a("plots/predictions.csv", "plots/confusion_matrix.png")),
     Stage("register", "register-model", "model registry: new version and the promotion gate's decision",
           ("register",), ("flows.registry", "flows.pyfunc_model"),
-          (f"{ARTIFACTS}/finetune", f"{ARTIFACTS}/preprocessed", f"{ARTIFACTS}/metrics.json"), (),
-          untracked_outs=(f"{ARTIFACTS}/registered.json",)),
+          _a("finetune", "pool", "preprocessed", "metrics.json"), (), untracked_outs=_a("registered.json")),
 )
 BY_NAME = {s.name: s for s in STAGES}
 NAMES = tuple(BY_NAME)

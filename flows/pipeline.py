@@ -251,29 +251,44 @@ def _train_and_register(validated: ValidationRecord, cfg: PipelineConfig, paths:
     source = source if source != ctx.parent_run_id else None
     registered = register_task(cfg, paths, ctx, results["evaluate"])
     metrics = _log_on_parent(paths, registered, source)
-    summary = {
-        "mode": cfg.finetune.mode if cfg.finetune.mode == "scratch" else f"{cfg.finetune.mode} (pretrained)",
-        "test_accuracy": metrics["test_accuracy"],
-        "scratch_test_accuracy": metrics.get("scratch_test_accuracy", "not trained (finetune.baseline)"),
-        "lift_points": metrics.get("lift_points", "n/a"),
-        **{k: metrics[k] for k in ("init_test_accuracy", "lift_over_init_points") if k in metrics},
-        "labels_used": metrics["labels_used"], "train_labels": metrics["train_labels"],
-        "val_labels": metrics["val_labels"], "test_images": metrics["test_images"],
-        "pretrain_images": results["pretrain"].record.n_images,
-        "pretrain_steps": "{0.steps_trained} of {0.total_steps}".format(results["pretrain"].record),
-        "devices": devices(results),
-        "test_macro_f1": metrics["test_macro_f1"],
-        "mlflow_run_id": ctx.parent_run_id, "model_name": registered.model_name,
-        "model_version": registered.version, "aliases": list(registered.aliases), "gate": registered.reason,
-        "tracking_uri": mlflow.get_tracking_uri(), "data_dvc_md5": ctx.tags["data_dvc_md5"],
-    }
+    summary = {**_model_rows(cfg, metrics),
+               "labels_used": metrics["labels_used"], "train_labels": metrics["train_labels"],
+               "val_labels": metrics["val_labels"], "test_images": metrics["test_images"],
+               "pretrain_images": results["pretrain"].record.n_images,
+               "pretrain_steps": "{0.steps_trained} of {0.total_steps}".format(results["pretrain"].record),
+               "devices": devices(results), "test_macro_f1": metrics["test_macro_f1"],
+               "mlflow_run_id": ctx.parent_run_id, "model_name": registered.model_name,
+               "model_version": registered.version, "aliases": list(registered.aliases),
+               "gate": registered.reason, "tracking_uri": mlflow.get_tracking_uri(),
+               "data_dvc_md5": ctx.tags["data_dvc_md5"]}
     return summary, registered, source
+
+
+def _model_rows(cfg: PipelineConfig, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The answer first: this run's model against pixels, scratch and the model before the pool
+    stage, each lift with its McNemar p-value, and how far the frozen encoder beats pixels."""
+    pooled = cfg.pool.method != "none" and "pretrained_test_accuracy" in metrics
+    mode = cfg.finetune.mode
+    model = "scratch" if mode == "scratch" else f"{mode} fine-tune of the pretrained encoder"
+    rows: dict[str, Any] = {"model": f"{model}{f' + pool ({cfg.pool.method})' if pooled else ''}",
+                            "test_accuracy": metrics["test_accuracy"]}
+    for key in ("pretrained_test_accuracy", "scratch_test_accuracy", "init_test_accuracy",
+                "pixels_test_accuracy", "encoder_test_accuracy"):
+        if key in metrics:
+            rows[key] = metrics[key]
+    for lift in ("lift", "pool_lift", "lift_over_init"):
+        if f"{lift}_points" in metrics:
+            points, p_value = metrics[f"{lift}_points"], metrics[f"{lift}_p_value"]
+            rows[f"{lift}_points"] = f"{points:+.2f} (McNemar p {p_value:.2g})"
+    if "encoder_over_pixels_points" in metrics:
+        rows["encoder_over_pixels_points"] = f"{metrics['encoder_over_pixels_points']:+.2f}"
+    return rows
 
 
 def devices(results: dict[str, StageResult]) -> str:
     """Where each training stage ran: ``pretrain cpu (CPU (2 cores)) fp32; finetune ...``."""
     found = []
-    for stage in ("pretrain", "finetune", "evaluate"):
+    for stage in ("pretrain", "finetune", "pool", "evaluate"):
         rt = getattr(results[stage].record, "runtime", None) or {}
         if rt:
             found.append(f"{stage} {rt['device']} ({rt['device_name']}) {rt['precision']}")

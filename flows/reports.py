@@ -34,16 +34,27 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+COMPARED = (("scratch_test_accuracy", "scratch"), ("pretrained_test_accuracy", "pretrained without the pool"),
+            ("pixels_test_accuracy", "raw pixels"), ("encoder_test_accuracy", "the frozen encoder"))
+
+
+def headline(summary: dict[str, Any]) -> str:
+    """One sentence that answers "did it help": the model against its baselines, the lift over
+    scratch with its p-value, the label budget."""
+    against = ", ".join(f"{name} {summary[key]:.4f}" for key, name in COMPARED
+                        if isinstance(summary.get(key), float | int))
+    lift = f" (lift over scratch {summary['lift_points']})" if "lift_points" in summary else ""
+    return (f"**This run's model: test accuracy {summary['test_accuracy']:.4f}** against "
+            f"{against or 'no baseline'}{lift}, with {summary['labels_used']} labels "
+            f"({summary['train_labels']} training + {summary['val_labels']} validation), on "
+            f"{summary['test_images']} test images.")
+
+
 def summary_markdown(summary: dict[str, Any], links: dict[str, str]) -> str:
     """The ``run-summary`` artifact: the headline, the gate's decision, then every number
     rounded, with the MLflow run and model version as links when MLflow is a server."""
     lines = ["# pretrain-finetune", ""]
-    if isinstance(summary.get("lift_points"), float | int):
-        lines += [f"**Pretrained {summary['test_accuracy']:.4f} vs scratch "
-                  f"{summary['scratch_test_accuracy']:.4f}: {summary['lift_points']:+.2f} points** with "
-                  f"{summary['labels_used']} labels "
-                  f"({summary['train_labels']} training + {summary['val_labels']} validation), on "
-                  f"{summary['test_images']} test images.", ""]
+    lines += [headline(summary), ""]
     lines += [f"**Registry:** {links['model']}; aliases after this run: {_fmt(summary['aliases'])}. "
               f"Promotion gate: {summary['gate']}", "",
               f"**MLflow run:** {links['run']}" + (f" (results cached from run {links['source']})"

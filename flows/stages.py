@@ -26,6 +26,8 @@ from pipeline_tasks.data.errors import DataError
 from pipeline_tasks.data.preprocess import PreprocessRecord, preprocess_data
 from pipeline_tasks.data.validate import ValidationRecord, validate_data
 from pipeline_tasks.evaluation.evaluate import EvaluateRecord, evaluate_classifier
+from pipeline_tasks.finetune.pool import PoolRecord, learn_from_pool
+from pipeline_tasks.finetune.subsets import LABELS
 from pipeline_tasks.finetune.train import FinetuneRecord, finetune_classifier
 from pipeline_tasks.ssl import distributed
 from pipeline_tasks.ssl.trainer import PretrainRecord, pretrain_encoder
@@ -46,6 +48,7 @@ class ArtifactPaths:
     preprocessed = _under("preprocessed")
     pretrain = _under("pretrain")
     finetune = _under("finetune")
+    pool = _under("pool")
     metrics = _under("metrics.json")
     plots = _under("plots")
     registered = _under("registered.json")
@@ -221,19 +224,48 @@ def run_finetune(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> 
         return record
 
 
-def run_evaluate(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> EvaluateRecord:
+def run_pool(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> PoolRecord | None:
+    """The pool stage: from the fine-tuned classifier, learn from the unlabeled images
+    (``pool.method``); ``pool/classifier.pt`` is then the run's model. ``pool.method: none``
+    writes only ``summary.json`` and the fine-tuned classifier stays the model."""
     require_validated(paths)
     classifier = require(paths.finetune / "classifier.pt", "finetune")
+    paths.pool.mkdir(parents=True, exist_ok=True)
+    (paths.pool / "classifier.pt").unlink(missing_ok=True)
+    if cfg.pool.method == "none":
+        (paths.pool / "summary.json").write_text(json.dumps({"method": "none"}) + "\n")
+        return None
+    with stage_run("pool", ctx.experiment_id, ctx.parent_run_id, cfg.section("pool"), ctx.tags):
+        record = learn_from_pool(paths.preprocessed, classifier, cfg.pool, paths.finetune / LABELS,
+                                 paths.pool / "classifier.pt", mlflow_log_metrics)
+        mlflow.log_metrics({"pool_start_val_accuracy": record.start_val_accuracy,
+                            "pool_best_val_accuracy": record.best_val_accuracy,
+                            "pool_images": record.pool_images})
+        log_runtime(record.runtime)
+        (paths.pool / "summary.json").write_text(json.dumps(record.to_dict(), indent=2) + "\n")
+        return record
+
+
+def final_classifier(paths: ArtifactPaths) -> Path:
+    """The run's model: the pool stage's when it ran, else the fine-tuned classifier."""
+    pooled = paths.pool / "classifier.pt"
+    return pooled if pooled.is_file() else require(paths.finetune / "classifier.pt", "finetune")
+
+
+def run_evaluate(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> EvaluateRecord:
+    require_validated(paths)
+    classifier = final_classifier(paths)
     trained = json.loads(require(paths.finetune / "summary.json", "finetune").read_text())["classifier"]
-    baseline, init_baseline = paths.finetune / "baseline.pt", paths.finetune / "init_baseline.pt"
+    candidates = {"scratch": paths.finetune / "baseline.pt", "init": paths.finetune / "init_baseline.pt",
+                  "pretrained": paths.finetune / "classifier.pt"}
+    baselines = {name: path for name, path in candidates.items() if path.is_file() and path != classifier}
     with stage_run("evaluate", ctx.experiment_id, ctx.parent_run_id,
                    cfg.section("evaluate"), ctx.tags):
         record = evaluate_classifier(
-            paths.preprocessed, classifier, cfg.evaluate, paths.metrics, paths.plots,
-            baseline if baseline.is_file() else None,
+            paths.preprocessed, classifier, cfg.evaluate, paths.metrics, paths.plots, baselines,
             {"labels_used": trained["labels_used"], "train_labels": trained["n_labeled"],
              "val_labels": trained["n_val_labels"]},
-            init_baseline if init_baseline.is_file() else None)
+            (require(paths.pretrain / "encoder.pt", "pretrain"), paths.finetune / LABELS))
         metrics = json.loads(paths.metrics.read_text())
         mlflow.log_metrics(metrics)
         log_runtime(record.runtime)
@@ -248,7 +280,7 @@ def run_register(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext,
     stage register``, the last DVC stage) move them now. The flow passes ``apply=False`` and
     moves them only after every other step has succeeded."""
     report = require_validated(paths)
-    classifier = require(paths.finetune / "classifier.pt", "finetune")
+    classifier = final_classifier(paths)
     metrics = json.loads(require(paths.metrics, "evaluate").read_text())
     split = json.loads(require(paths.preprocessed / "splits.json", "preprocess").read_text())
     data_version = ctx.tags.get("data_dvc_md5", "untracked")

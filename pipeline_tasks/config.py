@@ -141,6 +141,24 @@ class FinetuneConfig(_Section):
     seed: int = 0
 
 
+class PoolConfig(_Section):
+    """The pool stage (``finetune/pool.py``): after fine-tuning, learn from the unlabeled images."""
+
+    # none | self_training (SimCLRv2 self-distillation) | fixmatch (Sohn et al. 2020)
+    method: Literal["none", "self_training", "fixmatch"] = "self_training"
+    steps: int = Field(400, ge=1)
+    labeled_batch: int = Field(32, ge=1)
+    unlabeled_batch: int = Field(128, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    unlabeled_weight: float = Field(1.0, ge=0)
+    temperature: float = Field(1.0, gt=0)  # self_training: softmax(logits / T) as the targets
+    threshold: float = Field(0.95, gt=0, le=1)  # fixmatch: confidence that makes a pseudo-label
+    checks: int = Field(10, ge=1)  # validation checks (model selection)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    seed: int = 0
+
+
 class EvaluateConfig(_Section):
     batch_size: int = Field(512, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -170,6 +188,7 @@ class PipelineConfig(_Section):
     preprocess: PreprocessConfig = PreprocessConfig()
     pretrain: PretrainConfig = PretrainConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+    pool: PoolConfig = PoolConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
     tracking: TrackingConfig = TrackingConfig()

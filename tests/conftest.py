@@ -20,13 +20,15 @@ from pipeline_tasks.data.preprocess import PreprocessRecord, preprocess_data
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"
 
-# Everything small: 1 pretrain epoch on ~80 images, a 2-check, 10-step fine-tune, CPU. On so
-# little data the lift over scratch is noise, so the gate does not require it here.
+# Everything small: 1 pretrain epoch on ~85 images, a 2-check, 10-step fine-tune, a 6-step pool
+# stage, CPU. On so little data the lift over scratch is noise, so the gate does not require it.
 TINY = [
     "validate.min_images_per_class=5",
     "pretrain.epochs=1", "pretrain.batch_size=32", "pretrain.base_width=8", "pretrain.device=cpu",
     "finetune.epochs=2", "finetune.min_steps=10", "finetune.label_fraction=0.5",
-    "finetune.batch_size=16", "finetune.device=cpu", "register.require_lift=false",
+    "finetune.batch_size=16", "finetune.device=cpu",
+    "pool.steps=6", "pool.checks=2", "pool.unlabeled_batch=32", "pool.device=cpu",
+    "register.require_lift=false",
 ]
 
 

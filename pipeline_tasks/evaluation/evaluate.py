@@ -16,8 +16,11 @@ from pipeline_tasks.data.cache import load_split_labels, open_images
 from pipeline_tasks.evaluation.compare import mcnemar
 from pipeline_tasks.evaluation.metrics import classification_metrics, confusion_matrix
 from pipeline_tasks.evaluation.plots import compare_scores, confusion_matrices, reliability_diagram
+from pipeline_tasks.evaluation.references import Split, best_of, reference_points
+from pipeline_tasks.finetune.subsets import load_label_budget
 from pipeline_tasks.models.classifier import load_classifier
-from pipeline_tasks.models.inference import predict_logits
+from pipeline_tasks.models.inference import embed, predict_logits
+from pipeline_tasks.models.weights import load_encoder
 from pipeline_tasks.runtime import Runtime, resolve_runtime
 
 
@@ -46,17 +49,23 @@ def score(preprocessed_dir: str | Path, classifier_path: str | Path, batch_size:
     return torch.softmax(logits, 1).numpy(), y, classes
 
 
+# baseline name -> the prefix of its lift metrics (points and McNemar p-value)
+LIFTS = {"scratch": "lift", "pretrained": "pool_lift", "init": "lift_over_init"}
+
+
 def evaluate_classifier(
     preprocessed_dir: str | Path, classifier_path: str | Path, cfg: EvaluateConfig,
-    metrics_path: str | Path, plots_dir: str | Path, baseline_path: str | Path | None = None,
-    extra: dict[str, float] | None = None, init_baseline_path: str | Path | None = None,
+    metrics_path: str | Path, plots_dir: str | Path, baselines: dict[str, Path] | None = None,
+    extra: dict[str, float] | None = None, references: tuple[Path, Path] | None = None,
 ) -> EvaluateRecord:
-    """Score the classifier, and the baselines given (``baseline_path``: scratch;
-    ``init_baseline_path``: fine-tuned from ``pretrain.init`` without pretraining), on the test
-    split; each baseline's lift comes with the p-value of McNemar's test on the same images.
-    Writes ``metrics_path`` (DVC metrics, with ``extra`` merged in) and ``plots_dir/``
-    (``confusion_matrix.png``, ``reliability.png``, ``baselines.png``, and ``predictions.csv``:
-    one row per test image with its sha256, true and predicted class, and each baseline's)."""
+    """Score the classifier and the ``baselines`` (``scratch``: the same network from random
+    weights; ``pretrained``: fine-tuned before the pool stage; ``init``: from ``pretrain.init``
+    without pretraining) on the test split; each lift comes with the p-value of McNemar's test
+    on the same images. With ``references`` (the encoder and fine-tuning's ``labels.npz``), the
+    reference points too (``evaluation.references``). Writes ``metrics_path`` (DVC metrics,
+    ``extra`` merged in) and ``plots_dir/`` (``confusion_matrix.png``, ``reliability.png``,
+    ``baselines.png``, and ``predictions.csv``: per test image its sha256, true and predicted
+    class, and each baseline's)."""
     runtime = resolve_runtime(cfg.device, cfg.precision, "evaluate")
     probs, y_true, classes = score(preprocessed_dir, classifier_path, cfg.batch_size, runtime)
     y_pred = probs.argmax(1)
@@ -64,14 +73,15 @@ def evaluate_classifier(
     predictions = pd.DataFrame({"sha256": _test_shas(preprocessed_dir, len(y_true)),
                                 "actual": [classes[i] for i in y_true],
                                 "predicted": [classes[i] for i in y_pred]})
-    for name, path in (("scratch", baseline_path), ("init", init_baseline_path)):
-        if path is not None:
-            base = score(preprocessed_dir, path, cfg.batch_size, runtime)[0].argmax(1)
-            paired = mcnemar(y_pred == y_true, base == y_true)
-            gain = "lift_points" if name == "scratch" else "lift_over_init_points"
-            metrics.update({f"{name}_test_accuracy": paired.score_b, gain: round(paired.difference_points, 2),
-                            f"{gain.removesuffix('_points')}_p_value": paired.p_value})
-            predictions[f"{name}_predicted"] = [classes[i] for i in base]
+    for name, path in (baselines or {}).items():
+        base = score(preprocessed_dir, path, cfg.batch_size, runtime)[0].argmax(1)
+        paired = mcnemar(y_pred == y_true, base == y_true)
+        metrics.update({f"{name}_test_accuracy": paired.score_b,
+                        f"{LIFTS[name]}_points": round(paired.difference_points, 2),
+                        f"{LIFTS[name]}_p_value": paired.p_value})
+        predictions[f"{name}_predicted"] = [classes[i] for i in base]
+    if references is not None:
+        metrics.update(reference_metrics(Path(preprocessed_dir), *references, runtime))
     metrics.update(extra or {})
     Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
     Path(metrics_path).write_text(json.dumps(metrics, indent=2) + "\n")
@@ -80,6 +90,31 @@ def evaluate_classifier(
     return EvaluateRecord(str(metrics_path), str(png), metrics["test_accuracy"], metrics["test_macro_f1"],
                           metrics.get("scratch_test_accuracy"), metrics.get("lift_points"),
                           runtime.describe())
+
+
+def reference_metrics(preprocessed_dir: Path, encoder_path: Path, labels_path: Path,
+                      runtime: Runtime) -> dict[str, float]:
+    """The reference points' test accuracies with the run's labels, the best pixel and encoder
+    model (chosen on validation), and how many points the encoder beats pixels by."""
+    train_idx, val_idx = load_label_budget(labels_path)
+    encoder = load_encoder(encoder_path).to(runtime.device)
+    parts = {"train": train_idx, "val": val_idx, "test": None}
+    pixels, embedded = [], []
+    for split, idx in parts.items():
+        images, labels = open_images(preprocessed_dir, split), load_split_labels(preprocessed_dir, split)
+        rows = np.arange(len(labels)) if idx is None else idx.numpy()
+        x = np.array(images[rows])
+        pixels.append(Split(x.reshape(len(x), -1) / 255.0, labels[rows]))
+        feats = embed(encoder, x, runtime.device, normalize=False, dtype=runtime.dtype).cpu().numpy()
+        embedded.append(Split(feats, labels[rows]))
+    found = reference_points((pixels[0], pixels[1], pixels[2]), (embedded[0], embedded[1], embedded[2]))
+    out = {f"{r.name}_test_accuracy": r.test_accuracy for r in found}
+    best_pixels, best_encoder = best_of(found, "pixels"), best_of(found, "encoder")
+    assert best_pixels is not None and best_encoder is not None
+    pixel, encoded = best_pixels.test_accuracy, best_encoder.test_accuracy
+    out.update(pixels_test_accuracy=pixel, encoder_test_accuracy=encoded,
+               encoder_over_pixels_points=round((encoded - pixel) * 100, 2))
+    return out
 
 
 def _test_shas(preprocessed_dir: str | Path, n: int) -> list[str]:
@@ -92,12 +127,17 @@ def _test_shas(preprocessed_dir: str | Path, n: int) -> list[str]:
     return shas if len(shas) == n else [""] * n
 
 
+BASELINE_LABELS = {"pretrained_test_accuracy": "pretrained, no pool", "scratch_test_accuracy": "scratch",
+                   "init_test_accuracy": "starting weights", "pixels_test_accuracy": "pixels",
+                   "encoder_test_accuracy": "frozen encoder"}
+
+
 def _plots(plots: Path, probs: np.ndarray, y_true: np.ndarray, classes: list[str],
            metrics: dict[str, float]) -> Path:
     png = confusion_matrices(confusion_matrix(y_true, probs.argmax(1), len(classes)), classes,
                              plots / "confusion_matrix.png")
     reliability_diagram(probs, y_true, plots / "reliability.png")
     compare_scores({"this model": metrics["test_accuracy"],
-                    **{f"{n} baseline": metrics[f"{n}_test_accuracy"] for n in ("scratch", "init")
-                       if f"{n}_test_accuracy" in metrics}}, plots / "baselines.png")
+                    **{label: metrics[key] for key, label in BASELINE_LABELS.items() if key in metrics}},
+                   plots / "baselines.png")
     return png

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from pipeline_tasks.config import FinetuneConfig
+
+LABELS = "labels.npz"  # written beside the classifier by finetune_classifier
 
 
 def stratified_subset(labels: torch.Tensor, seed: int, fraction: float | None = None,
@@ -35,3 +38,14 @@ def step_budget(n_labeled: int, cfg: FinetuneConfig) -> tuple[int, int]:
     per_epoch = math.ceil(n_labeled / cfg.batch_size)
     total = max(cfg.epochs * per_epoch, cfg.min_steps)
     return total, math.ceil(total / cfg.epochs)
+
+
+def save_label_budget(path: str | Path, train: torch.Tensor, val: torch.Tensor) -> None:
+    """The indices of the training and validation labels a run used (``labels.npz``), for the
+    stages after fine-tuning: the pool stage and the reference points use the same labels."""
+    np.savez(path, train=train.numpy(), val=val.numpy())
+
+
+def load_label_budget(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    with np.load(path) as found:
+        return torch.from_numpy(found["train"]), torch.from_numpy(found["val"])

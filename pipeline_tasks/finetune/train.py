@@ -30,7 +30,13 @@ from torch import nn
 
 from pipeline_tasks.config import FinetuneConfig
 from pipeline_tasks.data.cache import load_split, recipe
-from pipeline_tasks.finetune.subsets import labeled_subset, step_budget, stratified_subset
+from pipeline_tasks.finetune.subsets import (
+    LABELS,
+    labeled_subset,
+    save_label_budget,
+    step_budget,
+    stratified_subset,
+)
 from pipeline_tasks.models.classifier import save_classifier
 from pipeline_tasks.models.encoders import Classifier, ResNetEncoder
 from pipeline_tasks.models.inference import embed, predict_logits, to_float
@@ -195,6 +201,8 @@ def finetune_classifier(
     val_x, val_y = load_split(preprocessed_dir, "val")
     subset = labeled_subset(train_y, cfg.label_fraction, cfg.seed)
     val_subset = stratified_subset(val_y, cfg.seed, per_class=cfg.val_per_class)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    save_label_budget(Path(out_dir) / LABELS, subset, val_subset)
     data = (train_x[subset].to(device), train_y[subset].to(device), val_x[val_subset], val_y[val_subset])
     encoder = starting_encoder(encoder_path, mode, init_path)
     if mode == "linear":

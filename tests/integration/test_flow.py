@@ -45,19 +45,32 @@ def first(workspace: Path, tiny_data: Path) -> dict[str, Any]:
     return state.result()
 
 
+def _label_budget(workspace: Path) -> tuple[int, int]:
+    """Training labels (label_fraction 0.5 of each class, at least 1) and validation labels
+    (val_per_class 10 of each class, or all it has) of the tiny digits' splits."""
+    pre = workspace / "artifacts" / "preprocessed"
+    train, val = (np.bincount(np.load(pre / f"{s}_labels.npy")) for s in ("train", "val"))
+    return sum(max(1, round(n * 0.5)) for n in train), int(np.minimum(val, 10).sum())
+
+
 def test_summary_and_outputs(first: dict[str, Any], workspace: Path) -> None:
     assert first["model_version"] == "1" and "champion" in first["aliases"]
-    # 4 of the 9 training digits per class (label_fraction 0.5), and the 1 val digit per class
-    assert (first["train_labels"], first["val_labels"], first["labels_used"]) == (40, 10, 50)
-    assert first["pretrain_images"] == 90 and first["test_images"] == 20
-    lift = round((first["test_accuracy"] - first["scratch_test_accuracy"]) * 100, 2)
-    assert first["lift_points"] == lift
+    train_labels, val_labels = _label_budget(workspace)
+    assert (first["train_labels"], first["val_labels"]) == (train_labels, val_labels)
+    assert first["labels_used"] == train_labels + val_labels
+    splits = json.loads((workspace / "artifacts" / "preprocessed" / "splits.json").read_text())
+    assert first["pretrain_images"] == splits["n_train"] and first["test_images"] == splits["n_test"]
     metrics = json.loads((workspace / "artifacts" / "metrics.json").read_text())
-    for key in ("test_accuracy", "scratch_test_accuracy", "lift_points", "labels_used"):
+    lift = round((metrics["test_accuracy"] - metrics["scratch_test_accuracy"]) * 100, 2)
+    assert metrics["lift_points"] == lift
+    assert first["lift_points"].startswith(f"{metrics['lift_points']:+.2f} (McNemar p ")
+    for key in ("test_accuracy", "scratch_test_accuracy", "pretrained_test_accuracy", "pixels_test_accuracy",
+                "encoder_test_accuracy", "labels_used"):
         assert metrics[key] == first[key], key
+    assert first["model"] == "full fine-tune of the pretrained encoder + pool (self_training)"
     for rel in ["validation/report.json", "preprocessed/train_images.npy", "pretrain/encoder.pt",
-                "finetune/classifier.pt", "finetune/baseline.pt", "plots/confusion_matrix.png",
-                "registered.json"]:
+                "finetune/classifier.pt", "finetune/baseline.pt", "pool/classifier.pt",
+                "plots/confusion_matrix.png", "registered.json"]:
         assert (workspace / "artifacts" / rel).is_file(), rel
     registered = json.loads((workspace / "artifacts" / "registered.json").read_text())
     assert registered["aliases"] == ["challenger", "champion"] and registered["promote"]
@@ -70,8 +83,10 @@ def test_prefect_shows_the_validation_summary(first: dict[str, Any]) -> None:
     assert summary is not None and summary.type == "markdown"
     assert "Data validation passed" in summary.data and "| 7 | 12 |" in summary.data
     assert "expect_column_values_to_be_in_set" in summary.data
-    results = Artifact.get("run-summary")
-    assert results is not None and "vs scratch" in results.data and "50 labels" in results.data
+    results = Artifact.get("run-summary")  # the latest version: published after the aliases moved
+    assert results is not None and "against scratch" in results.data
+    assert f"{first['labels_used']} labels" in results.data
+    assert "aliases after this run: challenger, champion" in results.data
 
 
 def test_mlflow_parent_run_with_a_nested_run_per_stage(first: dict[str, Any]) -> None:

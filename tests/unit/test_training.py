@@ -112,3 +112,48 @@ def test_every_mode_learns_real_digits(digits: tuple[PreprocessRecord, str], tin
     # a frozen encoder pretrained for 2 epochs on 420 digits limits the probe; training every
     # layer on 420 labels does better
     assert accuracy > (0.45 if mode == "linear" else 0.7), f"{mode}: test accuracy {accuracy}"
+
+
+@pytest.mark.parametrize("method", ["self_training", "fixmatch"])
+def test_the_pool_stage_learns_from_unlabeled_images(digits: tuple[PreprocessRecord, str],
+                                                     tiny_cfg: PipelineConfig, method: str,
+                                                     tmp_path: Path) -> None:
+    """From a classifier fine-tuned on 2 labels per class, the pool stage trains on the other
+    training digits without their labels; the model it keeps is the best on validation."""
+    from pipeline_tasks.finetune.pool import learn_from_pool
+    from pipeline_tasks.finetune.subsets import LABELS
+
+    pre, encoder = digits
+    cfg = tiny_cfg.finetune.model_copy(update={"label_fraction": 2 / 42, "min_steps": 60, "val_per_class": 6})
+    start = finetune_classifier(pre.out_dir, encoder, pre.classes, cfg, tmp_path)
+    logged: list[dict[str, float]] = []
+    pool_cfg = tiny_cfg.pool.model_copy(update={"method": method, "steps": 30, "checks": 3,
+                                                "unlabeled_batch": 64, "threshold": 0.5})
+    rec = learn_from_pool(pre.out_dir, start.classifier_path, pool_cfg, tmp_path / LABELS,
+                          tmp_path / "pool.pt", lambda m, step: logged.append(m))
+    assert rec.method == method and rec.pool_images == pre.n_train and rec.steps == 30
+    assert rec.best_val_accuracy >= rec.start_val_accuracy == pytest.approx(start.best_val_accuracy)
+    assert len(logged) == 3 and all(0 <= m["pool_used_share"] <= 1 for m in logged)
+    before, after = load_classifier(start.classifier_path)[0], load_classifier(rec.classifier_path)[0]
+    changed = any(not torch.equal(a, b) for a, b in zip(before.state_dict().values(),
+                                                        after.state_dict().values(), strict=True))
+    assert changed == (rec.best_step > 0)  # the stage's best model is what it saved
+
+
+def test_reference_points_are_fitted_on_the_labels_and_chosen_on_validation() -> None:
+    from pipeline_tasks.evaluation.references import Split, best_of, reference_points
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 20)) * 3
+
+    def split(n: int) -> Split:
+        y = rng.integers(0, 3, n)
+        return Split(centres[y] + rng.normal(size=(n, 20)), y)
+
+    noise = [Split(rng.normal(size=(len(s.y), 20)), s.y) for s in (split(30), split(30), split(300))]
+    found = reference_points((split(30), split(30), split(300)), tuple(noise))  # type: ignore[arg-type]
+    by_name = {r.name: r for r in found}
+    assert by_name["pixels_logreg"].test_accuracy > 0.9 and by_name["pixels_knn"].test_accuracy > 0.9
+    assert by_name["encoder_linear"].test_accuracy < 0.6  # features without information
+    best = best_of(found, "pixels")
+    assert best is not None and best.val_accuracy == max(r.val_accuracy for r in found if "pixels" in r.name)

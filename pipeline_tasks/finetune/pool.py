@@ -1,0 +1,185 @@
+"""The pool stage: learning from the unlabeled images after fine-tuning, as the methods that win
+few-label benchmarks do (few-labels issue: after pretraining the pool sat unused and fine-tuning
+saw 40 images).
+
+Two methods, both starting from the fine-tuned classifier and trained for ``pool.steps`` steps,
+each step a batch of labeled images (weak views, cross-entropy) and ``pool.unlabeled_batch``
+pool images:
+
+- ``self_training`` (SimCLRv2's self-distillation, Chen et al. 2020, "Big Self-Supervised Models
+  are Strong Semi-Supervised Learners"): the fine-tuned model, frozen, labels each pool image
+  with soft targets (``softmax(logits / temperature)``); the student, the same network, matches
+  them on augmented views (cross-entropy with soft targets).
+- ``fixmatch`` (Sohn et al. 2020): the model's own prediction on a weak view of a pool image,
+  when its confidence is at least ``pool.threshold``, is the hard target for a strong view of
+  the same image.
+
+The checkpoint with the best validation accuracy is kept (model selection on validation only).
+Ours: neither method is in a library that trains our encoders on our batched views.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric import Fabric
+from torch import nn
+from torch.nn import functional as F
+
+from pipeline_tasks.config import PoolConfig
+from pipeline_tasks.data.batches import BatchSource
+from pipeline_tasks.data.cache import load_split, open_images
+from pipeline_tasks.finetune.subsets import load_label_budget
+from pipeline_tasks.models.classifier import load_classifier, save_classifier
+from pipeline_tasks.models.inference import predict_logits
+from pipeline_tasks.progress import Progress
+from pipeline_tasks.runtime import resolve_runtime
+from pipeline_tasks.ssl import distributed
+from pipeline_tasks.ssl.views import ViewAugment
+
+log = logging.getLogger(__name__)
+LogMetrics = Callable[[dict[str, float], int], None]
+# Weak views keep the class obvious; strong views are the pretraining recipe's (crop, rotation,
+# jitter, noise, erasing), as FixMatch pairs a flip-and-shift view with a RandAugment one.
+WEAK = ViewAugment(crop_scale_min=0.8, rotation_degrees=10, brightness=0.2, contrast=0.2, noise_std=0.0,
+                   erase_prob=0.0)
+STRONG = ViewAugment(crop_scale_min=0.4, rotation_degrees=20, brightness=0.5, contrast=0.5, noise_std=0.08,
+                     erase_prob=0.5)
+
+
+@dataclass(frozen=True)
+class PoolRecord:
+    classifier_path: str
+    method: str  # self_training | fixmatch
+    steps: int
+    pool_images: int  # unlabeled images it learned from
+    start_val_accuracy: float  # the fine-tuned model it started from
+    best_val_accuracy: float
+    best_step: int
+    runtime: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Data:
+    labeled_x: torch.Tensor  # uint8 [L, C, H, W] on the device
+    labeled_y: torch.Tensor
+    pool: BatchSource  # the pool's images and the training split's, memory-mapped, P in all
+    targets: torch.Tensor | None  # self-training: soft targets [P, K]
+    val: tuple[torch.Tensor, torch.Tensor]
+    rows: torch.Generator  # on the CPU: which pool images each step draws
+
+
+def _unlabeled(preprocessed_dir: Path, device: torch.device) -> BatchSource:
+    """The pool and the training split's images (their labels unused), served as one index space."""
+    arrays = [open_images(preprocessed_dir, "pool"), open_images(preprocessed_dir, "train")]
+    return BatchSource(arrays, device)
+
+
+def _soft_targets(teacher: nn.Module, images: BatchSource, fabric: Fabric,
+                  temperature: float) -> torch.Tensor:
+    """``softmax(logits / temperature)`` of every unlabeled image, ``[P, K]`` on the device."""
+    chunks = [torch.arange(i, min(i + 512, len(images))) for i in range(0, len(images), 512)]
+    logits = [predict_logits(teacher, batch, fabric.device, 512) for batch in images.batches(chunks)]
+    return torch.softmax(torch.cat(logits) / temperature, 1).to(fabric.device)
+
+
+def _unlabeled_loss(model: nn.Module, batch: torch.Tensor, targets: torch.Tensor | None, cfg: PoolConfig,
+                    g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, share of the batch that contributed)`` on pool images."""
+    if cfg.method == "self_training":
+        assert targets is not None
+        logits = model(STRONG(batch, g)).float()
+        return -(targets * F.log_softmax(logits, 1)).sum(1).mean(), torch.ones(())
+    with torch.no_grad():
+        weak = torch.softmax(model(WEAK(batch, g)).float(), 1)
+    confidence, pseudo = weak.max(1)
+    mask = (confidence >= cfg.threshold).float()
+    loss = (F.cross_entropy(model(STRONG(batch, g)).float(), pseudo, reduction="none") * mask).mean()
+    return loss, mask.mean()
+
+
+def _val_accuracy(model: nn.Module, val: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> float:
+    x, y = val
+    if len(x) == 0:
+        return float("nan")
+    return float((predict_logits(model, x, device).argmax(1) == y).float().mean())
+
+
+def _step(model: nn.Module, data: _Data, cfg: PoolConfig, g: torch.Generator, fabric: Fabric,
+          optimizer: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    n = len(data.labeled_x)
+    idx = torch.randint(0, n, (min(cfg.labeled_batch, n),), generator=g, device=g.device)
+    model.train()
+    loss = F.cross_entropy(model(WEAK(data.labeled_x[idx], g)).float(), data.labeled_y[idx])
+    rows = torch.randint(0, len(data.pool), (cfg.unlabeled_batch,), generator=data.rows)
+    batch = next(data.pool.batches([rows]))
+    targets = None if data.targets is None else data.targets[rows.to(fabric.device)]
+    extra, used = _unlabeled_loss(model, batch, targets, cfg, g)
+    loss = loss + cfg.unlabeled_weight * extra
+    optimizer.zero_grad(set_to_none=True)
+    fabric.backward(loss)
+    optimizer.step()
+    return loss.detach(), used
+
+
+def _train(model: nn.Module, data: _Data, cfg: PoolConfig, fabric: Fabric,
+           log_metrics: LogMetrics) -> tuple[float, float, int]:
+    """The step loop; leaves ``model`` at its best validation check and returns ``(starting
+    val accuracy, best val accuracy, best step)``."""
+    start = _val_accuracy(model, data.val, fabric.device)
+    best = (copy.deepcopy(model.state_dict()), start, 0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    wrapped, optimizer = fabric.setup(model, optimizer)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.steps)
+    g = torch.Generator(device=fabric.device).manual_seed(cfg.seed)
+    every, progress = max(1, cfg.steps // cfg.checks), Progress(cfg.steps, cfg.unlabeled_batch, "pool")
+    for step in range(1, cfg.steps + 1):
+        loss, used = _step(wrapped, data, cfg, g, fabric, optimizer)
+        scheduler.step()
+        if step % every == 0 or step == cfg.steps:
+            acc = _val_accuracy(wrapped, data.val, fabric.device)
+            log_metrics({"pool_loss": float(loss), "pool_val_accuracy": acc,
+                         "pool_used_share": float(used)}, step)
+            progress.update(step)
+            if acc > best[1]:
+                best = (copy.deepcopy(model.state_dict()), acc, step)
+    model.load_state_dict(best[0])
+    return start, best[1], best[2]
+
+
+def learn_from_pool(preprocessed_dir: str | Path, classifier_path: str | Path, cfg: PoolConfig,
+                    labels_path: str | Path, out_path: str | Path,
+                    log_metrics: LogMetrics = lambda metrics, step: None) -> PoolRecord:
+    """Continue the classifier at ``classifier_path`` on the pool by ``cfg.method``, with the
+    labels fine-tuning used (``labels_path``: its ``labels.npz``); writes the model that did
+    best on validation to ``out_path``."""
+    pre = Path(preprocessed_dir)
+    torch.manual_seed(cfg.seed)
+    runtime = resolve_runtime(cfg.device, cfg.precision, "pool")
+    fabric = distributed.single_device(runtime)
+    model, classes = load_classifier(classifier_path)
+    model = model.to(fabric.device)
+    train_x, train_y = load_split(pre, "train")
+    val_x, val_y = load_split(pre, "val")
+    subset, val_subset = load_label_budget(labels_path)
+    unlabeled = _unlabeled(pre, fabric.device)
+    distil = cfg.method == "self_training"
+    targets = _soft_targets(model, unlabeled, fabric, cfg.temperature) if distil else None
+    data = _Data(train_x[subset].to(fabric.device), train_y[subset].to(fabric.device), unlabeled, targets,
+                 (val_x[val_subset], val_y[val_subset]), torch.Generator().manual_seed(cfg.seed))
+    start, best, step = _train(model, data, cfg, fabric, log_metrics)
+    log.info("pool (%s): %d unlabeled images, %d steps, val accuracy %.4f -> %.4f (step %d)", cfg.method,
+             len(unlabeled), cfg.steps, start, best, step)
+    recipe = torch.load(classifier_path, map_location="cpu", weights_only=True)["preprocess"]
+    save_classifier(model, classes, recipe, Path(out_path))
+    return PoolRecord(str(out_path), cfg.method, cfg.steps, len(unlabeled), start, best, step,
+                      runtime.describe())
