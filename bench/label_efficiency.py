@@ -1,10 +1,11 @@
-"""Label efficiency: linear probe, full fine-tune and the same network from scratch, at label
-fractions x seeds, on one SimCLR encoder pretrained on an unlabeled pool. Prints the table
-(mean +- std over seeds, lift over scratch in points), writes a CSV and a plot PNG.
+"""Label efficiency: raw pixels, the network from scratch, the pretrained encoder (linear probe,
+full fine-tune) and the pool stage on top of full and of scratch, at label budgets x seeds, on
+one encoder pretrained on an unlabeled pool. Prints the table (mean +- std over seeds, lift
+over scratch in points), writes a CSV and a plot PNG.
 
-    python bench/label_efficiency.py                    # Fashion-MNIST (Debian's package), CPU preset
-    python bench/label_efficiency.py --pool 60000 --pretrain-epochs 100 --full-epochs 30   # GPU
-    python bench/label_efficiency.py --data mnist-5k    # the built-in digits
+    python bench/label_efficiency.py                    # Fashion-MNIST, 10 and 100 labels per class
+    python bench/label_efficiency.py --data mnist-5k --budgets 4   # the built-in digits
+    python bench/label_efficiency.py --pool 60000 --pretrain-epochs 200 --set pretrain.encoder=resnet18
 
 Data. Fashion-MNIST from Debian's `dataset-fashion-mnist`: the pool is the first ``--pool``
 of the 60,000 training images (all 60,000 with ``--pool 60000``), pretrained on without labels;
@@ -13,8 +14,9 @@ the labeled fractions are drawn from that same pool (the usual semi-supervised p
 ``finetune.val_per_class`` are used for model selection); the 10,000 test images are the test
 split. Without the package it falls back to ``mnist-5k`` (70/10/20 split) and says so.
 
-Recipe: params.yaml's ``pretrain`` and ``finetune`` sections (override with ``--set``); every
-mode gets the same labels, seed and step budget. Only pipeline_tasks, torch, numpy, pandas and
+Recipe: params.yaml's ``pretrain``, ``finetune`` and ``pool`` sections (override with
+``--set``); every model gets the same labels, seed and step budget; a budget above 1 is labels
+per class, below 1 a fraction of the training split. Only pipeline_tasks, torch, numpy, pandas and
 Pillow are imported, so it also runs on a bare GPU machine.
 """
 
@@ -36,7 +38,7 @@ from pipeline_tasks.data.cache import save_split  # noqa: E402
 from pipeline_tasks.data.datasets import load_mnist_5k  # noqa: E402
 from pipeline_tasks.data.idx import find_idx_pairs, read_idx  # noqa: E402
 from pipeline_tasks.evaluation.plots import label_efficiency_chart  # noqa
-from pipeline_tasks.evaluation.sweep import label_sweep, summarize  # noqa: E402
+from pipeline_tasks.evaluation.sweep import MODES, Sweep, label_sweep, summarize  # noqa: E402
 from pipeline_tasks.ssl.trainer import pretrain_encoder  # noqa: E402
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -80,51 +82,54 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=10_000, help="training images in the pool (max 60,000)")
     parser.add_argument("--val-per-class", type=int, default=100)
     parser.add_argument("--pretrain-epochs", type=int, default=None, help="default: params.yaml")
-    parser.add_argument("--fractions", default="0.01,0.1,1.0")
+    parser.add_argument("--budgets", default="10,100", help="labels per class (or fractions below 1)")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--modes", default="linear,full,scratch")
-    parser.add_argument("--full-epochs", type=int, default=10,
-                        help="fine-tuning epochs at fraction 1.0 (the others use finetune.epochs)")
+    parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--name", default="label_efficiency", help="file name stem of the results")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="keep the cache and the encoder here and reuse them when they exist (default: a "
+                             "temporary folder)")
     args = parser.parse_args()
     cfg = load_config(REPO / "params.yaml", args.overrides)
     pretrain_cfg = cfg.pretrain if args.pretrain_epochs is None else cfg.pretrain.model_copy(
         update={"epochs": args.pretrain_epochs})
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp)
+        pre = args.work or Path(tmp)
+        pre.mkdir(parents=True, exist_ok=True)
         what = prepare(args, pre)
         print(what, flush=True)
         start = time.perf_counter()
-        encoder = pretrain_encoder(pre, pretrain_cfg, pre / "pretrain")
-        print(f"pretrained {pretrain_cfg.epochs} epochs on {encoder.n_images} images in "
-              f"{time.perf_counter() - start:.0f} s (k-NN val accuracy {encoder.knn_accuracy:.3f})",
-              flush=True)
-        fractions = [float(f) for f in args.fractions.split(",")]
-        rows = label_sweep(pre, encoder.encoder_path, tuple(str(c) for c in range(10)), cfg.finetune,
-                           fractions, [int(s) for s in args.seeds.split(",")], args.modes.split(","),
-                           on_row=lambda r: print("  ", r, flush=True), epochs={1.0: args.full_epochs})
+        encoder_path = pre / "pretrain" / "encoder.pt"
+        if not (args.work and encoder_path.is_file()):
+            encoder = pretrain_encoder(pre, pretrain_cfg, pre / "pretrain")
+            print(f"pretrained {pretrain_cfg.epochs} epochs on {encoder.n_images} images in "
+                  f"{time.perf_counter() - start:.0f} s (k-NN val accuracy {encoder.knn_accuracy:.3f})",
+                  flush=True)
+        classes = tuple(str(c) for c in range(10))
+        sweep = Sweep(pre, encoder_path, classes, cfg.finetune, cfg.pool, pre / "sweep")
+        rows = label_sweep(sweep, [float(b) for b in args.budgets.split(",")],
+                           [int(s) for s in args.seeds.split(",")], args.modes.split(","),
+                           on_row=lambda r: print("  ", r, flush=True))
     table = summarize(rows)
-    rows.to_csv(args.out / "label_efficiency_runs.csv", index=False)
-    table.to_csv(args.out / "label_efficiency.csv", index=False)
-    label_efficiency_chart(table, args.out / "label_efficiency.png", what)
+    rows.to_csv(args.out / f"{args.name}_runs.csv", index=False)
+    table.to_csv(args.out / f"{args.name}.csv", index=False)
+    label_efficiency_chart(table, args.out / f"{args.name}.png", what)
     report(table, what, time.perf_counter() - start)
-    print(f"wrote {args.out / 'label_efficiency.csv'}, label_efficiency_runs.csv and label_efficiency.png")
+    print(f"wrote {args.out / args.name}.csv, {args.name}_runs.csv and {args.name}.png")
 
 
 def report(table: pd.DataFrame, what: str, seconds: float) -> None:
-    print(f"\n{what}; {seconds / 60:.1f} min")
-    print(f"{'fraction':>8} {'labels':>6} | " + " | ".join(f"{m:^15}" for m in ("linear", "full", "scratch"))
-          + " | lift linear | lift full")
-    for fraction, rows in table.groupby("fraction"):
+    print(f"\n{what}; {seconds / 60:.1f} min; test accuracy, mean ± std over seeds (lift over scratch)")
+    modes = [m for m in MODES if m in set(table["mode"])]
+    print(f"{'budget':>7} {'labels':>6} | " + " | ".join(f"{m:^22}" for m in modes))
+    for budget, rows in table.groupby("budget"):
         by = rows.set_index("mode")
-        cells = [f"{by.at[m, 'mean']:.4f} ± {by.at[m, 'std']:.4f}" if m in by.index else f"{'-':^15}"
-                 for m in ("linear", "full", "scratch")]
-        lifts = [f"{by.at[m, 'lift_points']:+11.1f}" if m in by.index and "scratch" in by.index
-                 else f"{'-':>11}" for m in ("linear", "full")]
-        print(f"{fraction:>8g} {int(rows['train_labels'].iloc[0]):>6} | " + " | ".join(cells)
-              + " | " + " | ".join(lifts))
+        cells = [f"{by.at[m, 'mean']:.4f} ± {by.at[m, 'std']:.4f} ({by.at[m, 'lift_points']:+.1f})"
+                 if m in by.index else f"{'-':^22}" for m in modes]
+        print(f"{budget:>7g} {int(rows['train_labels'].iloc[0]):>6} | " + " | ".join(cells))
 
 
 if __name__ == "__main__":

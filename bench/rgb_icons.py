@@ -37,7 +37,7 @@ from pipeline_tasks.data.listing import class_folders  # noqa: E402
 from pipeline_tasks.data.manifest import build_manifest  # noqa: E402
 from pipeline_tasks.data.preprocess import preprocess_data  # noqa: E402
 from pipeline_tasks.data.validate import validate_manifest  # noqa: E402
-from pipeline_tasks.evaluation.sweep import label_sweep, summarize  # noqa: E402
+from pipeline_tasks.evaluation.sweep import Sweep, label_sweep, summarize  # noqa: E402
 from pipeline_tasks.finetune.subsets import labeled_subset, stratified_subset  # noqa: E402
 from pipeline_tasks.ssl.trainer import pretrain_encoder  # noqa: E402
 
@@ -142,8 +142,9 @@ def main() -> None:
         print(f"pretrained in {time.perf_counter() - start:.0f} s; "
               f"k-NN val accuracy {encoder.knn_accuracy:.3f}")
         seeds = [int(s) for s in args.seeds.split(",")]
-        rows = label_sweep(pre.out_dir, encoder.encoder_path, pre.classes, cfg.finetune,
-                           [cfg.finetune.label_fraction], seeds, ["linear", "full", "scratch"])
+        sweep = Sweep(Path(pre.out_dir), Path(encoder.encoder_path), pre.classes, cfg.finetune, cfg.pool,
+                      root / "sweep")
+        rows = label_sweep(sweep, [cfg.finetune.label_fraction], seeds, ["linear", "full", "scratch"])
         fraction, val_per_class = cfg.finetune.label_fraction, cfg.finetune.val_per_class
         pixels = [pixel_baseline(Path(pre.out_dir), fraction, s, val_per_class) for s in seeds]
     table = summarize(rows)

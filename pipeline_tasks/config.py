@@ -123,6 +123,8 @@ class FinetuneConfig(_Section):
     # Also train the scratch baseline (same network, labels, recipe and steps) and report the lift.
     baseline: bool = True
     label_fraction: float = Field(0.01, gt=0, le=1)  # of the training split's labels
+    # ...or this many labels of each class (all when a class has fewer); wins over label_fraction
+    labels_per_class: int | None = Field(None, ge=1)
     # Validation labels per class used for model selection (None: the whole val split); they
     # are labels too, and count in labels_used.
     val_per_class: int | None = Field(10, ge=1)

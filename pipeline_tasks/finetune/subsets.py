@@ -28,8 +28,12 @@ def stratified_subset(labels: torch.Tensor, seed: int, fraction: float | None = 
     return torch.from_numpy(np.sort(np.concatenate(picked)))
 
 
-def labeled_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
-    """Indices of a stratified ``fraction`` of ``labels``, at least one per class."""
+def labeled_subset(labels: torch.Tensor, fraction: float, seed: int,
+                   per_class: int | None = None) -> torch.Tensor:
+    """Indices of a stratified ``fraction`` of ``labels``, at least one per class, or of
+    ``per_class`` labels of each class when given."""
+    if per_class is not None:
+        return stratified_subset(labels, seed, per_class=per_class)
     return stratified_subset(labels, seed, fraction=fraction)
 
 

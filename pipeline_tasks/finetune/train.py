@@ -187,7 +187,8 @@ def finetune_classifier(
     cfg: FinetuneConfig, out_dir: str | Path, log_metrics: LogMetrics = lambda metrics, step: None,
     mode: str | None = None, out_name: str = "classifier.pt", init_path: str | Path | None = None,
 ) -> FinetuneRecord:
-    """Train a classifier on ``cfg.label_fraction`` of the training labels, selected on
+    """Train a classifier on ``cfg.label_fraction`` of the training labels (or
+    ``cfg.labels_per_class`` of each class), selected on
     ``cfg.val_per_class`` validation labels per class. ``mode`` (default ``cfg.mode``):
     ``scratch`` builds the encoder of ``encoder_path`` with random weights; ``init`` with the
     starting weights ``init_path`` (``pretrain.init``, without self-supervised pretraining),
@@ -199,7 +200,7 @@ def finetune_classifier(
     fabric, device = distributed.single_device(runtime), runtime.device
     train_x, train_y = load_split(preprocessed_dir, "train")
     val_x, val_y = load_split(preprocessed_dir, "val")
-    subset = labeled_subset(train_y, cfg.label_fraction, cfg.seed)
+    subset = labeled_subset(train_y, cfg.label_fraction, cfg.seed, cfg.labels_per_class)
     val_subset = stratified_subset(val_y, cfg.seed, per_class=cfg.val_per_class)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     save_label_budget(Path(out_dir) / LABELS, subset, val_subset)

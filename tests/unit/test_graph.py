@@ -54,7 +54,7 @@ def test_the_flow_the_cli_and_the_runners_follow_the_graph() -> None:
 def test_artifact_paths_are_the_graphs_outputs() -> None:
     paths = ArtifactPaths(REPO / graph.ARTIFACTS)
     outs = {str(p.relative_to(REPO)) for p in (paths.validation, paths.preprocessed, paths.pretrain,
-                                               paths.finetune, paths.metrics, paths.registered)}
+                                               paths.finetune, paths.pool, paths.metrics, paths.registered)}
     declared = {o for s in graph.STAGES for o in (*s.outs, *s.metrics, *s.untracked_outs)}
     assert outs == declared
     assert all(p.startswith(str(paths.plots.relative_to(REPO))) for s in graph.STAGES for p in s.plots)
