@@ -64,7 +64,8 @@ def test_artifact_paths_are_the_graphs_outputs() -> None:
 CHANGE = {"data": "data.limit_per_class=3", "validate": "validate.min_width=9",
           "preprocess": "preprocess.seed=7", "pretrain": "pretrain.epochs=3",
           "pretrain.init": "pretrain.init=x.pt", "finetune": "finetune.lr=0.5",
-          "evaluate": "evaluate.batch_size=7", "register": "register.min_improvement=0.5"}
+          "pool": "pool.steps=7", "evaluate": "evaluate.batch_size=7",
+          "register": "register.min_improvement=0.5"}
 
 
 @pytest.mark.parametrize("stage", [s.name for s in graph.STAGES if s.name not in ("validate", "register")])
