@@ -99,8 +99,11 @@ def _import(args: argparse.Namespace) -> dict[str, int]:
     if args.data_command in ("import-folder", "import-unlabeled"):
         summary = (import_folder(Path(args.path), out, args.limit_per_class)
                    if args.data_command == "import-folder" else import_unlabeled(Path(args.path), out))
+        if summary.litter:
+            print(f"ignored {len(summary.litter)} entries operating systems leave, not images "
+                  f"({', '.join(summary.litter[:5])}{', ...' if len(summary.litter) > 5 else ''})")
         if summary.skipped or summary.refused_symlinks:
-            print(f"left out {len(summary.skipped)} non-image or hidden files and "
+            print(f"left out {len(summary.skipped)} non-image files and "
                   f"{len(summary.refused_symlinks)} symlinks (never followed)")
         if summary.refused_formats:
             print(f"left out {len(summary.refused_formats)} HEIC/HEIF images, which cannot be read "

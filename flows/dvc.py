@@ -55,7 +55,13 @@ def untracked_pool_warning(pool_dir: str | Path | None) -> str | None:
     except (yaml.YAMLError, KeyError, TypeError):
         return None
     listed = {Path(str(d)).resolve() for d in deps}
-    if Path(pool_dir).resolve() in listed:
+    pool = Path(pool_dir).resolve()
+    if pool in listed:
         return None
-    return (f"warning: dvc.yaml's validate stage does not list the unlabeled pool {pool_dir} under deps, "
-            f"so `dvc repro` will not notice when the pool changes; add `- {pool_dir}` there")
+    try:
+        relative = pool.relative_to(Path.cwd().resolve())
+    except ValueError:
+        return (f"warning: the unlabeled pool {pool} is outside this DVC project, so `dvc repro` cannot "
+                f"notice when it changes; import it with `pretrainflow data import-unlabeled {pool_dir}`")
+    return (f"warning: dvc.yaml's validate stage does not list the unlabeled pool under deps, so `dvc repro` "
+            f"will not notice when the pool changes; add `- {relative}` there")

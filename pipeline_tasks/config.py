@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -51,6 +51,21 @@ class ValidateConfig(_Section):
     # fail: any bad file stops the run. skip_bad_files: leave bad files out (listed in the
     # report) and go on; files are never deleted or rewritten either way.
     on_error: Literal["fail", "skip_bad_files"] = "fail"
+
+    @field_validator("expected_classes", mode="before")
+    @classmethod
+    def _class_names(cls, value: Any) -> Any:
+        """Class names are folder names: numbers written without quotes (YAML reads ``[0, 1]``
+        as integers) are taken as their text; anything else is one clear error."""
+        if value is None or isinstance(value, str):
+            return value
+        if not isinstance(value, list | tuple):
+            raise ValueError("expected_classes is a list of class folder names, e.g. ['cat', 'dog']")
+        bad = [v for v in value if not isinstance(v, str | int) or isinstance(v, bool)]
+        if bad:
+            raise ValueError(f"class names are folder names: write each in quotes, e.g. ['0', '1'] (found "
+                             f"{bad})")
+        return [str(v) for v in value]
 
 
 class PreprocessConfig(_Section):

@@ -17,11 +17,11 @@ from pathlib import Path
 from pipeline_tasks.data.datasets import UNLABELED, atomic_folder, refuse_non_empty
 from pipeline_tasks.data.decode import SUFFIXES, refused_format
 from pipeline_tasks.data.errors import DatasetError
+from pipeline_tasks.data.listing import is_litter
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset(SUFFIXES)
-
 
 
 @dataclass(frozen=True)
@@ -32,36 +32,19 @@ class ImportSummary:
     ``skipped``: source paths (relative to the source folder) that were not images or were hidden.
     ``refused_symlinks``: source paths (relative) that are symlinks; never followed, never copied.
     ``refused_formats``: source paths (relative) of images in a format that cannot be read
-    (HEIC/HEIF), never copied.
+    (HEIC/HEIF), never copied. ``litter``: what operating systems leave (``listing.is_litter``).
     """
 
     counts: dict[str, int]
     skipped: list[str] = field(default_factory=list)
     refused_symlinks: list[str] = field(default_factory=list)
     refused_formats: list[str] = field(default_factory=list)
+    litter: list[str] = field(default_factory=list)  # __MACOSX/, ._*, .DS_Store, ...: ignored, named once
 
     @property
     def total(self) -> int:
         """Images written over all classes."""
         return sum(self.counts.values())
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def _check_src_out(src: Path, out: Path) -> None:
@@ -80,13 +63,14 @@ def _check_src_out(src: Path, out: Path) -> None:
 def _walk(folder: Path) -> Iterator[tuple[str, Path]]:
     """``(kind, path)`` for each entry under ``folder``, sorted, never following symlinks.
 
-    ``kind``: ``"image"``, ``"skipped"`` (hidden, not an image, not a regular file), ``"symlink"``
-    or ``"refused"`` (an image format that cannot be read: HEIC/HEIF).
-    Hidden folders and symlinked folders are reported once and not entered.
+    ``kind``: ``"image"``, ``"litter"`` (``listing.is_litter``: ``__MACOSX``, ``._*``,
+    ``.DS_Store``, ...), ``"skipped"`` (not an image, not a regular file), ``"symlink"`` or
+    ``"refused"`` (an image format that cannot be read: HEIC/HEIF). Litter folders and symlinked
+    folders are reported once and not entered.
     """
     for entry in sorted(folder.iterdir()):
-        if entry.name.startswith("."):
-            yield "skipped", entry
+        if is_litter(entry.name):
+            yield "litter", entry
         elif entry.is_symlink():
             yield "symlink", entry
         elif entry.is_dir():
@@ -103,41 +87,36 @@ def _copy_tree(src: Path, dest: Path, classes: list[str], limit_per_class: int |
     """Copy the images under ``src/<class>/`` (the first ``limit_per_class`` of each, in path
     order, when given) to ``dest/<class>/``; ``dest`` exists and is empty."""
     counts = dict.fromkeys(classes, 0)
-    skipped: list[str] = []
-    refused: list[str] = []
-    formats: list[str] = []
+    left: dict[str, list[str]] = {"skipped": [], "symlink": [], "refused": [], "litter": []}
     for cls in classes:
         (dest / cls).mkdir()
     for kind, entry in _walk(src):
         rel = entry.relative_to(src)
-        if kind == "symlink":
-            refused.append(rel.as_posix())
-        elif kind == "refused":
-            formats.append(rel.as_posix())
-        elif kind == "skipped" or len(rel.parts) == 1:  # hidden, not an image, or outside any class
-            skipped.append(rel.as_posix())
-        elif limit_per_class is not None and counts[rel.parts[0]] >= limit_per_class:
-            continue  # a quick subset: left out on purpose, not reported as skipped
-        else:
+        if kind == "image" and len(rel.parts) == 1:
+            kind = "skipped"  # an image outside any class folder
+        if kind != "image":
+            left[kind].append(rel.as_posix())
+        elif limit_per_class is None or counts[rel.parts[0]] < limit_per_class:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(entry, dest / rel, follow_symlinks=False)
             counts[rel.parts[0]] += 1
-    return ImportSummary(counts, skipped, refused, formats)
+    return ImportSummary(counts, left["skipped"], left["symlink"], left["refused"], left["litter"])
 
 
 def import_folder(src: Path, out: Path, limit_per_class: int | None = None) -> ImportSummary:
     """Copy a class-per-folder tree ``src/<class>/**/<image>`` to ``out/<class>/...``, atomically.
 
     Only image suffixes (``IMAGE_SUFFIXES``, any case) are copied, keeping relative paths and file
-    times (``shutil.copy2``); ``src`` is only read. Hidden entries and non-images are skipped,
-    symlinks refused (both listed in the summary, relative to ``src``). Class folders left empty
-    are still created, so the validation gate can name them. ``counts`` is sorted by class name.
+    times (``shutil.copy2``); ``src`` is only read. OS litter (``__MACOSX``, ``._*``,
+    ``.DS_Store``, ...) is never a class and never copied; non-images are skipped and symlinks
+    refused (all listed in the summary, relative to ``src``). Class folders left empty are still
+    created, so the validation gate can name them. ``counts`` is sorted by class name.
     """
     src, out = Path(src), Path(out)
     _check_src_out(src, out)
     refuse_non_empty(out)
     classes = [p.name for p in sorted(src.iterdir())
-               if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")]
+               if p.is_dir() and not p.is_symlink() and not is_litter(p.name)]
     if not classes:
         raise DatasetError(f"{src}: no class folders found; lay the images out as {src}/<class>/<image>")
     with atomic_folder(out) as tmp:
@@ -162,9 +141,7 @@ def import_unlabeled(src: Path, out: Path) -> ImportSummary:
         raise DatasetError(f"{src}: source folder {'not found' if not src.exists() else 'is not a folder'}; "
                            "pass a folder of images (any layout)")
     refuse_non_empty(out)
-    skipped: list[str] = []
-    refused: list[str] = []
-    formats: list[str] = []
+    left: dict[str, list[str]] = {"skipped": [], "symlink": [], "refused": [], "litter": []}
     n = 0
     with atomic_folder(out) as tmp:
         for kind, entry in _walk(src):
@@ -174,8 +151,8 @@ def import_unlabeled(src: Path, out: Path) -> ImportSummary:
                 shutil.copy2(entry, tmp / rel, follow_symlinks=False)
                 n += 1
             else:
-                {"symlink": refused, "refused": formats}.get(kind, skipped).append(rel.as_posix())
+                left[kind].append(rel.as_posix())
         if n == 0:
             raise DatasetError(f"{src}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found; "
                                "nothing imported")
-    return ImportSummary({UNLABELED: n}, skipped, refused, formats)
+    return ImportSummary({UNLABELED: n}, left["skipped"], left["symlink"], left["refused"], left["litter"])

@@ -42,6 +42,30 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
+# What operating systems and tools leave in folders people zip and share: never images, never
+# classes. Anything hidden (a leading dot, which covers AppleDouble ._* files) counts too.
+LITTER_NAMES = frozenset({"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini", ".ipynb_checkpoints",
+                          "$RECYCLE.BIN", "System Volume Information"})
+
+
+def is_litter(name: str) -> bool:
+    """True for OS and tool litter: ``__MACOSX``, AppleDouble ``._*`` files, ``.DS_Store``,
+    ``Thumbs.db``, ``desktop.ini``, ``.ipynb_checkpoints`` and any other hidden entry."""
+    return name in LITTER_NAMES or name.startswith(".")
+
+
+def find_litter(root: str | Path) -> list[str]:
+    """The litter under ``root`` (relative paths, sorted; a litter folder once, not its contents):
+    what listing and the importers leave out, for the report to name once."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        rel = Path(folder).relative_to(root)
+        found += [str(rel / d) for d in dirs if is_litter(d)]
+        found += [str(rel / f) for f in files if is_litter(f)]
+        dirs[:] = [d for d in dirs if not is_litter(d)]
+    return sorted(printable(f) for f in found)
+
+
 def stat_key(st: os.stat_result) -> str:
     """What proves a file unchanged since it was read: size, mtime, inode and ctime (trust issue:
     files unpacked from one archive share an mtime, and BMP, PGM or raw TIFF files of one shape
@@ -59,7 +83,7 @@ def _scan(class_dir: Path, root: Path, refuse_links: bool = False) -> Iterator[t
     stack = [class_dir]
     while stack:
         with os.scandir(stack.pop()) as it:
-            entries = [e for e in it if not e.name.startswith(".")]
+            entries = [e for e in it if not is_litter(e.name)]
         for e in entries:
             if e.is_symlink():
                 if refuse_links or not _inside(Path(e.path), root):
@@ -74,7 +98,7 @@ def _scan(class_dir: Path, root: Path, refuse_links: bool = False) -> Iterator[t
 
 
 def _folders(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not is_litter(p.name))
 
 
 def class_folders(root: Path) -> list[str]:

@@ -28,7 +28,8 @@ _FIXES = {
                       "two classes: keep only the copy in the right class",
     "n_images": "add images to these classes, remove the folders, or lower validate.min_images_per_class",
     "imbalance": "add images to the small classes or raise validate.max_imbalance_ratio",
-    "label": "make the class folders match validate.expected_classes (or set it to null)",
+    "label": "make the class folders match validate.expected_classes (or set it to null); quote names with "
+             "leading zeros ('007'), which YAML otherwise reads as numbers",
     None: "add class folders (one per class, each holding images) or lower validate.min_classes",
 }
 
@@ -38,10 +39,15 @@ def describe_failure(res: Any, table: pd.DataFrame) -> dict[str, Any]:
     conf = res.expectation_config
     column = conf.kwargs.get("column")
     found = res.result.get("unexpected_index_list") or []
+    observed = res.result.get("observed_value", res.result.get("unexpected_count"))
     if "label" in table.columns and "n_images" in table.columns:
         counts = table.set_index("label")["n_images"]
         offenders = [f"class '{r['label']}': {counts[r['label']]} images" for r in found]
-        if column in (None, "label"):
+        if column == "label":  # the label set: one line, what is missing and what is not expected
+            expected, present = set(conf.kwargs.get("value_set") or []), set(table["label"])
+            observed = f"missing {sorted(expected - present)}, unexpected {sorted(present - expected)}"
+            offenders = []
+        elif column is None:
             offenders = [f"classes found: {sorted(table['label'])}"]
     else:
         rows = table.set_index("path")
@@ -50,7 +56,7 @@ def describe_failure(res: Any, table: pd.DataFrame) -> dict[str, Any]:
     return {
         "expectation": conf.type, "column": column,
         "kwargs": {k: v for k, v in conf.kwargs.items() if k not in ("column", "batch_id")},
-        "observed": res.result.get("observed_value", res.result.get("unexpected_count")),
+        "observed": observed,
         "n_offending": len(found), "offending": offenders[:MAX_OFFENDERS], "fix": _FIXES[column],
     }
 
@@ -98,7 +104,8 @@ def format_failures(report: dict[str, Any], report_path: str | Path) -> str:
     lines = [f"data validation failed: {len(report['failures'])} expectation(s) not met "
              f"(report: {report_path}); the data folder was not modified"]
     for f in report["failures"]:
-        on = f"column '{f['column']}'" if f["column"] else "the class table"
+        on = f"column '{f['column']}'" if f["column"] else "the class table" if f["suite"] != "pool-files" \
+            else "the pool"
         where = " of the unlabeled pool (data.unlabeled_dir)" if f["suite"] == "pool-files" else ""
         lines.append(f"  - {f['expectation']} on {on}{where} {f['kwargs']}: observed {f['observed']}")
         lines += [f"      {o}" for o in f["offending"]]

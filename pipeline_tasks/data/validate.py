@@ -16,13 +16,12 @@ import pandas as pd
 from pipeline_tasks.config import ValidateConfig
 from pipeline_tasks.data.errors import DataError
 from pipeline_tasks.data.expectations import bad_files, class_table, file_table, run_suites
-from pipeline_tasks.data.listing import class_folders
+from pipeline_tasks.data.listing import class_folders, find_litter
 from pipeline_tasks.data.manifest import build_manifest, data_digest
 from pipeline_tasks.data.nearcopy import pool_copies
-from pipeline_tasks.data.report import build_report, describe_failure, format_failures
+from pipeline_tasks.data.report import MAX_OFFENDERS, build_report, describe_failure, format_failures
 
 POOL_PREFIX = "unlabeled pool: "  # how skipped pool files are named in the report
-
 
 
 @dataclass(frozen=True)
@@ -38,18 +37,6 @@ class ValidationRecord:
     n_skipped: int
     pool_manifest_path: str | None = None  # kept pool images, copies of labeled images removed
     n_pool: int = 0
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def validate_manifest(manifest: pd.DataFrame, classes: list[str], cfg: ValidateConfig,
@@ -82,20 +69,29 @@ def validate_manifest(manifest: pd.DataFrame, classes: list[str], cfg: ValidateC
                 for name, rs in results.items() for r in rs if not r.success]
     report = build_report(kept, classes, results, failures, skipped)
     if kept_pool is not None and pool is not None:
-        copies = pool_copies(kept_pool, kept)
-        kept_pool = kept_pool[~kept_pool["path"].isin(copies["path"])]
-        report["pool"] = {"n_images": len(pool), "n_kept": len(kept_pool),
-                          "n_skipped": len(pool) - len(kept_pool) - len(copies),
-                          "removed_copies": copies.to_dict("records")}
+        kept_pool = _without_copies(report, pool, kept_pool, kept)
     return report, kept, kept_pool
 
 
-
-
-
-
-
-
+def _without_copies(report: dict[str, Any], pool: pd.DataFrame, kept_pool: pd.DataFrame,
+                    labeled: pd.DataFrame) -> pd.DataFrame:
+    """The pool minus copies of labeled images, said in ``report["pool"]``. A pool the user set
+    of which nothing remains closes the gate: pretraining would silently use no pool at all."""
+    copies = pool_copies(kept_pool, labeled)
+    kept_pool = kept_pool[~kept_pool["path"].isin(copies["path"])]
+    report["pool"] = {"n_images": len(pool), "n_kept": len(kept_pool),
+                      "n_skipped": len(pool) - len(kept_pool) - len(copies),
+                      "removed_copies": copies.to_dict("records")}
+    if kept_pool.empty:
+        report["failures"].append({
+            "suite": "pool-files", "expectation": "pool_keeps_images", "column": None, "kwargs": {},
+            "observed": f"0 of {len(pool)} images kept ({len(copies)} copies of labeled images, "
+                        f"{report['pool']['n_skipped']} skipped as bad files)",
+            "n_offending": 0, "offending": [],
+            "fix": "add images that are not copies of the labeled ones to the unlabeled pool "
+                   "(data.unlabeled_dir), or set data.unlabeled_dir: null to pretrain without one"})
+        report["success"] = False
+    return kept_pool
 
 
 def validate_data(data_dir: str | Path, cfg: ValidateConfig, out_dir: str | Path,
@@ -121,6 +117,9 @@ def validate_data(data_dir: str | Path, cfg: ValidateConfig, out_dir: str | Path
     if kept_pool is not None:
         report["pool"]["dir"] = str(Path(str(pool_dir)).resolve())
         digest = hashlib.sha256(f"{digest}\0pool\0{data_digest(kept_pool)}".encode()).hexdigest()
+    pool_litter = find_litter(pool_dir) if pool_dir else []
+    litter = find_litter(data_dir) + [f"{POOL_PREFIX}{p}" for p in pool_litter]
+    report["ignored_litter"] = {"n": len(litter), "paths": litter[:MAX_OFFENDERS]}
     report["data_digest"] = digest
     report_path.write_text(json.dumps(report, indent=2, default=str))
     if not report["success"]:
