@@ -160,8 +160,11 @@ def _image_files(paths: list[str]) -> list[Path]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """Predict every image file under ``args.paths`` in batches (``flows.predict``); exit 1 when
+    any file could not be predicted (each is named on stderr and has an ``error`` in the CSV)."""
     import mlflow  # noqa: PLC0415
-    import pandas as pd  # noqa: PLC0415
+
+    from flows.predict import predict_to_csv  # noqa: PLC0415
 
     files = _image_files(args.paths)
     try:
@@ -171,16 +174,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         hint = ("Run `pretrainflow run` first, or pass --model-uri (a version that the promotion gate "
                 "kept from champion is still models:/NAME@challenger; its gate_reason tag says why).")
         raise UserError(f"cannot load model {args.model_uri}: {str(exc).splitlines()[0]}. {hint}") from exc
-    try:  # the model decodes and resizes the files itself, as it does when served
-        preds = model.predict(pd.DataFrame({"image": [str(f) for f in files]}))
-    except (ValueError, mlflow.exceptions.MlflowException) as exc:
-        raise UserError(f"{str(exc).splitlines()[0]}; pass image files only") from exc
-    preds.insert(0, "path", [str(f) for f in files])
     if args.output:
-        preds.to_csv(args.output, index=False)
-        print(f"wrote {len(preds)} predictions to {args.output}")
+        with open(args.output, "w", newline="") as out:
+            counts = predict_to_csv(model, files, out)
+        print(f"wrote {counts.rows} rows to {args.output}: {counts.rows - counts.bad} predictions, "
+              f"{counts.bad} files with an error")
     else:
-        print(preds.to_csv(index=False), end="")
+        counts = predict_to_csv(model, files, sys.stdout)
+    if counts.bad:
+        raise UserError(f"{counts.bad} of {counts.rows} files could not be predicted (listed above, and "
+                        "in the error column); the others were")
     return 0
 
 

@@ -36,8 +36,9 @@ from pipeline_tasks.data.cache import open_images
 
 # Pinned like pyproject.toml: naming them saves MLflow ~10 s of requirement inference.
 PIP_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "numpy", "pandas", "pillow"]
-# One input schema for Python and REST alike: a column `image` whose cells are file paths,
-# base64-encoded image files, or pixel arrays [H, W] / [H, W, C] of any size (see pyfunc_model.py).
+# One input schema for Python and REST alike: a column `image` whose cells are base64-encoded
+# image files, raw bytes or pixel arrays [H, W] / [H, W, C] of any size (file paths only with
+# PRETRAINFLOW_ALLOW_PATHS=1 where the model is loaded; see pyfunc_model.py).
 INPUT_SCHEMA = Schema([ColSpec(AnyType(), "image")])
 ENCODER_MODEL = "pretrainflow-encoder"
 
@@ -73,9 +74,12 @@ def classifier_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _output_schema(classes: list[str]) -> Schema:
+def output_schema(classes: list[str]) -> Schema:
+    """One row per input row: the prediction, and ``error`` ("" for a good row; for a bad one a
+    line such as ``row 3: ...`` beside label -1, class_name "" and zero probabilities)."""
     return Schema([ColSpec("long", "label"), ColSpec("string", "class_name"),
-                   ColSpec("double", "confidence"), *[ColSpec("double", f"prob_{c}") for c in classes]])
+                   ColSpec("double", "confidence"), *[ColSpec("double", f"prob_{c}") for c in classes],
+                   ColSpec("string", "error")])
 
 
 def _example(preprocessed_dir: Path) -> pd.DataFrame:
@@ -84,18 +88,19 @@ def _example(preprocessed_dir: Path) -> pd.DataFrame:
     return pd.DataFrame({"image": [a[..., 0] if a.shape[2] == 1 else a for a in arrays]})
 
 
+def model_parts(artifacts: dict[str, str], outputs: Schema | None, preprocessed_dir: Path) -> dict[str, Any]:
+    """What every registered model is made of: the keyword arguments of ``mlflow.pyfunc.log_model``
+    (and ``save_model``, which the tests use to build one without a tracking store)."""
+    return {"python_model": str(Path(__file__).with_name("pyfunc_model.py")), "artifacts": artifacts,
+            "code_paths": [str(Path(pipeline_tasks.__file__).parent)],
+            "signature": ModelSignature(inputs=INPUT_SCHEMA, outputs=outputs),
+            "input_example": _example(preprocessed_dir), "pip_requirements": PIP_REQUIREMENTS}
+
+
 def _log_model(artifacts: dict[str, str], outputs: Schema | None, preprocessed_dir: Path, name: str,
                artifact_path: str = "model") -> str:
-    info = mlflow.pyfunc.log_model(
-        name=artifact_path,
-        python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-        artifacts=artifacts,
-        code_paths=[str(Path(pipeline_tasks.__file__).parent)],
-        signature=ModelSignature(inputs=INPUT_SCHEMA, outputs=outputs),
-        input_example=_example(preprocessed_dir),
-        pip_requirements=PIP_REQUIREMENTS,
-        registered_model_name=name,
-    )
+    info = mlflow.pyfunc.log_model(name=artifact_path, registered_model_name=name,
+                                   **model_parts(artifacts, outputs, preprocessed_dir))
     return str(info.registered_model_version)
 
 
@@ -153,7 +158,7 @@ def register_model(classifier_path: str | Path, metrics: dict[str, Any], split: 
                               new_version=False)
     seen = paths.preprocessed / SEEN
     version = _log_model({"classifier": str(classifier_path), "seen_images": str(seen)},
-                         _output_schema(classes), paths.preprocessed, name)
+                         output_schema(classes), paths.preprocessed, name)
     _tag_version(client, name, version, metrics, split, data_version, classes, digest, run_id, reg.metric)
     decision = _decide(client, cfg, version, metrics, classes, paths)
     mlflow.set_tags({"registered_model": name, "registered_version": version})

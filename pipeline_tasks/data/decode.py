@@ -16,6 +16,13 @@ The rules, in order:
    conversion; palette, YCbCr, LAB and HSV to RGB; transparency (RGBA, LA, palette with a
    transparent colour) flattened onto white.
 4. To the model's input (``prepare_image``): L or RGB by ``channels``, then square by ``resize``.
+
+Untrusted input (a served model, ``data.inputs``) adds two guards, both off by default here:
+``max_pixels`` refuses an image from its header (``Image.open`` is lazy) or an array from its
+shape, before a pixel is decoded, so a tiny compressed file cannot claim gigabytes of memory;
+``allow_paths=False`` never touches the file system, so a path is refused the same way whether
+or not the file exists. Pillow's own ``DecompressionBombError`` (over ~179 MP) is a
+``PixelLimitError`` too, never an unhandled exception.
 """
 
 from __future__ import annotations
@@ -43,6 +50,25 @@ _HEIF_BRANDS = (b"ftypheic", b"ftypheix", b"ftypheim", b"ftypheis", b"ftyphevc",
 
 class DecodeError(ValueError):
     """An input that is not a readable image; the message says what it is and what to do."""
+
+
+class PixelLimitError(DecodeError):
+    """An image with more pixels than allowed, refused before decoding. ``limit``: the limit it
+    broke, or None for Pillow's decompression-bomb limit."""
+
+    def __init__(self, message: str, limit: int | None) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class PathRefusedError(DecodeError):
+    """Text that looks like a file path where paths are not accepted (``allow_paths=False``)."""
+
+
+def check_pixels(width: int, height: int, max_pixels: int | None) -> None:
+    """``PixelLimitError`` when ``width * height`` is over ``max_pixels`` (None: no limit)."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise PixelLimitError(f"{width} x {height} pixels is over the limit of {max_pixels:,}", max_pixels)
 
 
 def refused_format(name: str, head: bytes = b"") -> str | None:
@@ -101,10 +127,24 @@ def _colour(im: Image.Image) -> Image.Image:
     return _flatten(im) if im.mode in ("RGBA", "LA") else im
 
 
-def from_array(pixels: Any) -> Image.Image:
+def from_array(pixels: Any, max_pixels: int | None = None) -> Image.Image:
     """A pixel array ``[H, W]``, ``[H, W, 1]``, ``[H, W, 2]`` (LA), ``[H, W, 3]`` or
-    ``[H, W, 4]`` (RGBA) of any dtype -> an L or RGB image (rules 2 and 3)."""
-    arr = to_uint8(pixels)
+    ``[H, W, 4]`` (RGBA) of any numeric dtype -> an L or RGB image (rules 2 and 3). Its shape
+    is checked against ``max_pixels`` before any conversion (``to_uint8`` may copy it as float64)."""
+    expected = "expected base64 text of an image file, its bytes, or an array of numbers"
+    if not isinstance(pixels, list | tuple) and not hasattr(pixels, "__array__") \
+            and not hasattr(pixels, "__array_interface__"):  # None, a number, a dict, ...
+        raise DecodeError(f"a cell of type {type(pixels).__name__}: {expected}")
+    try:
+        raw = np.asarray(pixels)
+    except (ValueError, TypeError) as exc:  # ragged nested lists
+        raise DecodeError(f"a list that is not a pixel array ({exc})") from exc
+    if raw.dtype.kind not in "biuf" or raw.ndim == 0:  # strings; one number (JSON null is NaN)
+        what = f"a single {raw.dtype} value" if raw.ndim == 0 else f"a pixel array of {raw.dtype} values"
+        raise DecodeError(f"{what}: {expected}")
+    if raw.ndim >= 2:
+        check_pixels(raw.shape[1], raw.shape[0], max_pixels)
+    arr = to_uint8(raw)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     modes = {2: "LA", 3: "RGB", 4: "RGBA"}
@@ -126,9 +166,11 @@ def normalise(im: Image.Image) -> Image.Image:
     return _colour(im)
 
 
-def open_file(source: str | Path | bytes | BinaryIO, name: str = "") -> Image.Image:
-    """Open an image file (a path, bytes or a binary stream); ``DecodeError`` names HEIC/HEIF
-    and anything Pillow cannot identify."""
+def open_file(source: str | Path | bytes | BinaryIO, name: str = "",
+              max_pixels: int | None = None) -> Image.Image:
+    """Open an image file (a path, bytes or a binary stream) lazily: only its header is read.
+    ``DecodeError`` names HEIC/HEIF and anything Pillow cannot identify; ``PixelLimitError``
+    an image over ``max_pixels`` or over Pillow's decompression-bomb limit."""
     data = source if isinstance(source, bytes) else None
     stream: Any = io.BytesIO(data) if data is not None else source
     label = name or (str(source) if isinstance(source, str | Path) else "the image")
@@ -139,34 +181,59 @@ def open_file(source: str | Path | bytes | BinaryIO, name: str = "") -> Image.Im
     if (kind := refused_format(label, head)) is not None:
         raise DecodeError(f"{label}: {kind} is not supported; {REFUSED_FIX}")
     try:
-        return Image.open(stream)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DecodeError(f"{label}: not a readable image ({exc})") from exc
+        im = Image.open(stream)
+    except Image.DecompressionBombError as exc:
+        raise PixelLimitError(f"over Pillow's decompression-bomb limit ({exc})", None) from exc
+    except UnidentifiedImageError as exc:
+        raise DecodeError(f"{label} is not an image (no format Pillow reads)") from exc
+    except (OSError, ValueError) as exc:
+        raise DecodeError(f"{label} is not an image ({exc})") from exc
+    try:
+        check_pixels(im.width, im.height, max_pixels)
+    except PixelLimitError:
+        im.close()
+        raise
+    return im
 
 
-def decode(cell: Any, *, allow_paths: bool = True) -> Image.Image:
+def decode(cell: Any, *, allow_paths: bool = True, max_pixels: int | None = None) -> Image.Image:
     """Any input container -> an 8-bit L or RGB image: a path (when ``allow_paths``), raw file
-    bytes, base64 text of a file, or a pixel array. ``DecodeError`` says which and why."""
+    bytes, base64 text of a file, or a pixel array. ``DecodeError`` says which and why:
+    ``PathRefusedError`` for a path-looking text or a ``Path`` without ``allow_paths`` (decided
+    from the text alone, never from the file system), ``PixelLimitError`` over ``max_pixels``."""
     if isinstance(cell, str | Path) and allow_paths and os.path.isfile(cell):  # False for long text
-        with open_file(cell) as im:
+        with open_file(cell, max_pixels=max_pixels) as im:
             return _decoded(im, str(cell))
     if isinstance(cell, bytes):
-        with open_file(cell) as im:
-            return _decoded(im, "the image bytes")
+        with open_file(cell, "the file", max_pixels) as im:
+            return _decoded(im, "the file")
+    if isinstance(cell, Path):
+        raise DecodeError(f"{cell}: no such file") if allow_paths else PathRefusedError("a file path")
     if isinstance(cell, str):
-        try:
-            raw = base64.b64decode(cell, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            what = "neither an existing file nor" if allow_paths else "not"
-            raise DecodeError(f"{cell[:60]!r}: {what} a base64-encoded image") from exc
-        with open_file(raw, "the base64 image") as im:
-            return _decoded(im, "the base64 image")
-    return from_array(cell)
+        return _from_base64(cell, allow_paths, max_pixels)
+    return from_array(cell, max_pixels)
+
+
+def _from_base64(text: str, allow_paths: bool, max_pixels: int | None) -> Image.Image:
+    """Base64 text of an image file -> the image. Text that is not base64 and has a path's
+    characters (``/``, ``\\``, ``.``, ``~``) is a ``PathRefusedError`` without ``allow_paths``."""
+    try:
+        raw = base64.b64decode("".join(text.split()), validate=True)  # line breaks allowed (`base64`)
+    except (binascii.Error, ValueError) as exc:
+        if allow_paths:
+            raise DecodeError(f"{text[:60]!r}: neither an existing file nor a base64-encoded image") from exc
+        if any(c in text for c in "/\\.~") and len(text) < 1024:
+            raise PathRefusedError("not base64 and looks like a file path") from exc
+        raise DecodeError("text that is not base64 (send an image file base64-encoded)") from exc
+    with open_file(raw, "base64 text", max_pixels) as im:
+        return _decoded(im, "base64 text")
 
 
 def _decoded(im: Image.Image, label: str) -> Image.Image:
     try:
         return normalise(im)
+    except Image.DecompressionBombError as exc:  # a later frame over Pillow's limit
+        raise PixelLimitError(f"over Pillow's decompression-bomb limit ({exc})", None) from exc
     except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt pixel data
         raise DecodeError(f"{label}: its pixels do not decode ({type(exc).__name__}: {exc})") from exc
 

@@ -110,21 +110,29 @@ def test_mlflow_parent_run_with_a_nested_run_per_stage(first: dict[str, Any]) ->
     assert "plots/confusion_matrix.png" in artifacts
 
 
-def test_champion_takes_paths_and_arrays_of_any_size_and_mode(first: dict[str, Any],
-                                                             tiny_data: Path) -> None:
+def test_champion_takes_files_and_arrays_of_any_size_and_mode(first: dict[str, Any], tiny_data: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PRETRAINFLOW_ALLOW_PATHS", raising=False)
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
     files = sorted(tiny_data.glob("*/*.png"))[::7]
-    by_path = model.predict(pd.DataFrame({"image": [str(f) for f in files]}))
-    assert list(by_path.columns[:3]) == ["label", "class_name", "confidence"]
-    assert list(by_path.columns[3:]) == [f"prob_{c}" for c in range(10)]
-    assert np.allclose(by_path.iloc[:, 3:].sum(axis=1), 1, atol=1e-4)
-    assert (by_path["class_name"] == by_path["label"].astype(str)).all()  # classes are "0".."9"
+    by_file = model.predict(pd.DataFrame({"image": [f.read_bytes() for f in files]}))
+    assert list(by_file.columns[:3]) == ["label", "class_name", "confidence"]
+    assert list(by_file.columns[3:]) == [*(f"prob_{c}" for c in range(10)), "error"]
+    assert (by_file["error"] == "").all()
+    assert np.allclose(by_file.iloc[:, 3:-1].sum(axis=1), 1, atol=1e-4)
+    assert (by_file["class_name"] == by_file["label"].astype(str)).all()  # classes are "0".."9"
     # the same digits as arrays of other sizes, modes and dtypes: the model preprocesses itself
     big_rgb = [np.asarray(Image.open(f).convert("RGB").resize((56, 56))) for f in files]
     as_float = [np.asarray(Image.open(f), dtype=np.float32) / 255 for f in files]
     for arrays in (big_rgb, as_float):
         preds = model.predict(pd.DataFrame({"image": arrays}))
-        assert (preds["label"] == by_path["label"]).mean() >= 0.8
+        assert (preds["label"] == by_file["label"]).mean() >= 0.8
+    # paths: refused by default, read with the operator's opt-in (local batch use)
+    paths = pd.DataFrame({"image": [str(f) for f in files]})
+    assert model.predict(paths)["error"].str.contains("file paths are refused").all()
+    monkeypatch.setenv("PRETRAINFLOW_ALLOW_PATHS", "1")
+    by_path = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict(paths)
+    pd.testing.assert_frame_equal(by_path, by_file)
 
 
 def test_predict_command(first: dict[str, Any], tiny_data: Path, tmp_path: Path,
@@ -136,9 +144,11 @@ def test_predict_command(first: dict[str, Any], tiny_data: Path, tmp_path: Path,
     lines = out.read_text().splitlines()
     assert lines[0].startswith("path,label,class_name,confidence,prob_0,") and len(lines) == 1 + 24
     (tmp_path / "notes.png").write_text("not an image")
-    assert main(["predict", str(tmp_path / "notes.png")]) == 1
-    err = capsys.readouterr().err
-    assert "notes.png: does not decode as an image" in err and "Traceback" not in err
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "notes.png"), str(tiny_data / "3")]) == 1
+    captured = capsys.readouterr()
+    assert "notes.png: the file is not an image" in captured.err and "Traceback" not in captured.err
+    assert len(captured.out.splitlines()) == 1 + 1 + 12  # a row for it too, and the other files predicted
 
 
 def test_second_run_is_cached_and_registers_nothing_new(first: dict[str, Any], workspace: Path,
@@ -291,7 +301,7 @@ def test_mlflow_models_serve_answers_invocations(first: dict[str, Any], tiny_dat
         wait_for_url(f"{url}/ping", server, 120, lambda: log.read_text()[-3000:])
         files = sorted(tiny_data.glob("*/*.png"))[::12]
         expected = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict(
-            pd.DataFrame({"image": [str(f) for f in files]}))
+            pd.DataFrame({"image": [f.read_bytes() for f in files]}))
         b64 = [[base64.b64encode(f.read_bytes()).decode()] for f in files]
         served = _post(f"{url}/invocations", {"dataframe_split": {"columns": ["image"], "data": b64}})
         assert [p["class_name"] for p in served] == list(expected["class_name"])
@@ -299,6 +309,13 @@ def test_mlflow_models_serve_answers_invocations(first: dict[str, Any], tiny_dat
         arrays = [{"image": np.asarray(Image.open(f)).tolist()} for f in files]
         served = _post(f"{url}/invocations", {"dataframe_records": arrays})
         assert [p["class_name"] for p in served] == list(expected["class_name"])
+        # bad rows beside good ones: still 200, an answer per row, no stack trace, no file read
+        bad = [b64[0], [base64.b64encode(b"not an image").decode()], [str(files[0])]]
+        served = _post(f"{url}/invocations", {"dataframe_split": {"columns": ["image"], "data": bad}})
+        assert served[0]["error"] == "" and served[0]["class_name"] == expected["class_name"][0]
+        assert served[1]["label"] == -1
+        assert served[1]["error"].startswith("row 1: base64 text is not an image")
+        assert "file paths are refused" in served[2]["error"] and "Traceback" not in json.dumps(served)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -309,8 +326,9 @@ def test_the_encoder_is_registered_and_reused_as_a_starting_point(first: dict[st
     client = mlflow.MlflowClient()
     assert client.search_model_versions("name = 'pretrainflow-encoder'")  # one per distinct encoder
     embedded = mlflow.pyfunc.load_model("models:/pretrainflow-encoder/1").predict(
-        pd.DataFrame({"image": [str(f) for f in sorted(tiny_data.glob("3/*.png"))[:2]]}))
+        pd.DataFrame({"image": [f.read_bytes() for f in sorted(tiny_data.glob("3/*.png"))[:2]] + [b"?"]}))
     assert len(embedded["embedding"][0]) == 64  # compact ResNet, base width 8
+    assert list(embedded["error"][:2]) == ["", ""] and len(embedded["embedding"][2]) == 0  # a bad row
     state = _flow(workspace, tiny_data, "pretrain.init=models:/pretrainflow-encoder/1",
                   "register.model_name=from-init", "finetune.min_steps=150", "finetune.label_fraction=1.0")
     assert state.is_completed(), state.message

@@ -64,6 +64,10 @@ NOT_PASSED = {
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "`pretrainflow ui` (local servers) only; the stack runs its own",
     "MLFLOW_DISABLE_TELEMETRY": "`pretrainflow ui` (local servers) only; the stack runs its own",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "flows/tracking.py sets it to false unless the user did",
+    "PRETRAINFLOW_ALLOW_PATHS": "read by a registered model where it is loaded (local batch use); the stack "
+                                "serves no model, and a model server must not set it",
+    "PRETRAINFLOW_MAX_PIXELS": "read by a registered model where it is loaded; the stack serves no model "
+                               "and the default (50 MP) suits one",
 }
 # Names read by a library, and the installed distribution whose files must contain the name.
 LIBRARY_READERS = {
