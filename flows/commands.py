@@ -77,7 +77,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from flows.stages import RUNNERS, ArtifactPaths, RunContext  # noqa: PLC0415
+    from flows.artifacts import ArtifactPaths, RunContext  # noqa: PLC0415
+    from flows.stages import RUNNERS  # noqa: PLC0415
 
     cfg = _config(args)
     experiment_id = _preflight(cfg)

@@ -28,9 +28,17 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from flows import graph
+from flows.artifacts import ArtifactPaths, RunContext
 from flows.registry import RegisterRecord, apply_decision
-from flows.reports import mlflow_ui, model_link, run_link, summary_markdown, validation_markdown
-from flows.stages import RUNNERS, ArtifactPaths, RunContext, run_register
+from flows.reports import (
+    mlflow_ui,
+    model_link,
+    model_url,
+    run_link,
+    summary_markdown,
+    validation_markdown,
+)
+from flows.stages import RUNNERS, run_register
 from flows.tracking import lineage_tags, setup_tracking
 from pipeline_tasks.config import PipelineConfig, load_config
 from pipeline_tasks.data.errors import DataError
@@ -307,8 +315,7 @@ def _log_on_parent(paths: ArtifactPaths, registered: RegisterRecord, source: str
             "registered_model_uri": registered.model_uri}
     base = mlflow_ui(mlflow.get_tracking_uri())
     if base:
-        tags["registered_model_url"] = (f"{base}/#/models/{registered.model_name}/versions/"
-                                        f"{registered.version}")
+        tags["registered_model_url"] = model_url(base, registered.model_name, registered.version)
     if source:
         tags["cached_from_run"] = source  # stages came from Prefect's cache: their runs are there
     mlflow.set_tags(tags)

@@ -15,15 +15,28 @@ def mlflow_ui(tracking_uri: str) -> str | None:
     return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else None
 
 
+# MLflow 3's UI opens its GenAI pages (Evaluations, Traces, Judges) unless the link asks for the
+# model-training layout; every MLflow link pretrainflow writes does.
+TRAINING_LAYOUT = "?workflowType=machine_learning"
+
+
+def run_url(base: str, experiment_id: str, run_id: str) -> str:
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}{TRAINING_LAYOUT}"
+
+
+def model_url(base: str, name: str, version: str) -> str:
+    return f"{base}/#/models/{name}/versions/{version}{TRAINING_LAYOUT}"
+
+
 def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     base = mlflow_ui(tracking_uri)
-    return f"[{run_id}]({base}/#/experiments/{experiment_id}/runs/{run_id})" if base else f"`{run_id}`"
+    return f"[{run_id}]({run_url(base, experiment_id, run_id)})" if base else f"`{run_id}`"
 
 
 def model_link(tracking_uri: str, name: str, version: str) -> str:
     base = mlflow_ui(tracking_uri)
     text = f"{name} version {version}"
-    return f"[{text}]({base}/#/models/{name}/versions/{version})" if base else f"`{text}`"
+    return f"[{text}]({model_url(base, name, version)})" if base else f"`{text}`"
 
 
 def _fmt(value: Any) -> str:

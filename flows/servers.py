@@ -28,6 +28,7 @@ from types import FrameType
 
 from flows.errors import UserError
 from flows.project import project_root
+from flows.reports import TRAINING_LAYOUT
 
 STOP_TIMEOUT_S = 15.0
 # MLflow answers /health ~10-20 s after start on 2 busy cores; a first Prefect start migrates
@@ -224,8 +225,8 @@ def training_runs_urls(mlflow: Server) -> list[str]:
             experiments = json.load(answer).get("experiments", [])
     except (OSError, ValueError, http.client.HTTPException):
         return []  # a convenience only: the MLflow UI URL above still works
-    return [f"runs of {e['name']}: {mlflow.ui_url}/#/experiments/{e['experiment_id']}"
-            "?workflowType=machine_learning" for e in experiments
+    return [f"runs of {e['name']}: {mlflow.ui_url}/#/experiments/{e['experiment_id']}{TRAINING_LAYOUT}"
+            for e in experiments
             if {t["key"]: t["value"] for t in e.get("tags", [])}.get(EXPERIMENT_KIND) == TRAINING_KIND]
 
 

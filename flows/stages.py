@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import mlflow
 
 from flows import graph
+from flows.artifacts import ArtifactPaths, RunContext, final_classifier, require, require_validated
 from flows.dvc import DvcError, record_data_version, tracks
 from flows.registry import RegisterRecord, apply_decision, download_encoder, register_encoder, register_model
 from flows.tracking import lineage_tags, log_dataset, log_runtime, mlflow_log_metrics, stage_run
@@ -33,59 +33,6 @@ from pipeline_tasks.ssl import distributed
 from pipeline_tasks.ssl.trainer import PretrainRecord, pretrain_encoder
 
 MANIFEST_CACHE_DIR = Path(".cache")
-
-
-def _under(name: str) -> Any:
-    return property(lambda self: self.root / name)
-
-
-@dataclass(frozen=True)
-class ArtifactPaths:
-    """Where each stage writes (the outputs the stage graph declares; a test keeps them equal)."""
-
-    root: Path = Path("artifacts")
-    validation = _under("validation")
-    preprocessed = _under("preprocessed")
-    pretrain = _under("pretrain")
-    finetune = _under("finetune")
-    pool = _under("pool")
-    metrics = _under("metrics.json")
-    plots = _under("plots")
-    registered = _under("registered.json")
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """What every stage run needs from its caller; nothing here enters a cache key."""
-
-    experiment_id: str
-    parent_run_id: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
-    record_data: bool = False  # dvc add the tracked data folders once the gate opens
-
-
-def require(path: Path, stage: str) -> Path:
-    """An upstream output; missing means the user ran a stage out of order."""
-    if not path.exists():
-        raise DataError(
-            f"{path}: not found. It is written by the '{stage}' stage: run "
-            f"`pretrainflow stage {stage}` (or `dvc repro`, or `pretrainflow run`) first."
-        )
-    return path
-
-
-def require_validated(paths: ArtifactPaths) -> dict[str, Any]:
-    """The validation report, when the gate opened. A stage never consumes the outputs of a
-    failed check (trust issue: ``dvc repro -s preprocess`` split the manifest a failed check
-    left behind): the report's verdict decides, not a file's existence."""
-    report = json.loads(require(paths.validation / "report.json", "validate").read_text())
-    if not report.get("success"):
-        failed = "; ".join(f"{f['expectation']} on {f['column'] or 'the class table'} ({f['suite']})"
-                           for f in report.get("failures", [])) or "unknown"
-        raise DataError(f"{paths.validation / 'report.json'}: the last validation failed ({failed}). "
-                        "Fix the data as that report says and run `pretrainflow stage validate` (or "
-                        "`pretrainflow run`) again; no stage uses the outputs of a failed check.")
-    return dict(report)
 
 
 def manifest_cache(data_dir: str | Path) -> Path:
@@ -246,12 +193,6 @@ def run_pool(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> Pool
         return record
 
 
-def final_classifier(paths: ArtifactPaths) -> Path:
-    """The run's model: the pool stage's when it ran, else the fine-tuned classifier."""
-    pooled = paths.pool / "classifier.pt"
-    return pooled if pooled.is_file() else require(paths.finetune / "classifier.pt", "finetune")
-
-
 def run_evaluate(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> EvaluateRecord:
     require_validated(paths)
     classifier = final_classifier(paths)
@@ -288,9 +229,14 @@ def run_register(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext,
         data_version = f"sha256:{report['data_digest']}"
     if ctx.tags.get("pool_dvc_md5"):
         data_version += f" + pool {ctx.tags['pool_dvc_md5']}"
+    active = mlflow.active_run()
+    on_parent = bool(ctx.parent_run_id) and active is not None and active.info.run_id == ctx.parent_run_id
+    if on_parent:  # in the flow: the model goes on its run, which holds the metrics (the version's source)
+        record = register_model(classifier, metrics, split, cfg, str(ctx.parent_run_id), data_version, paths)
     with stage_run("register", ctx.experiment_id, ctx.parent_run_id,
                    cfg.section("register"), ctx.tags) as run_id:
-        record = register_model(classifier, metrics, split, cfg, run_id, data_version, paths)
+        if not on_parent:
+            record = register_model(classifier, metrics, split, cfg, run_id, data_version, paths)
         if apply:
             record = apply_decision(record)
         mlflow.set_tags({"gate_reason": record.reason[:5000]})

@@ -100,7 +100,9 @@ def test_mlflow_parent_run_with_a_nested_run_per_stage(first: dict[str, Any]) ->
         [parent.info.experiment_id], output_format="list",
         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(r.info.run_name for r in children) == sorted(
-        ["validate", "preprocess", "pretrain", "finetune", "evaluate", "register"])
+        ["validate", "preprocess", "pretrain", "finetune", "pool", "evaluate", "register"])
+    version = client.get_model_version(MODEL, first["model_version"])
+    assert version.run_id == parent.info.run_id  # the version's source run is the one with the metrics
     finetune = next(r for r in children if r.info.run_name == "finetune")
     history = client.get_metric_history(finetune.info.run_id, "val_accuracy")
     assert [m.step for m in history] == [5, 10]  # finetune.epochs=2 checks over min_steps=10

@@ -10,9 +10,10 @@ import pytest
 import yaml
 
 from flows import graph
+from flows.artifacts import ArtifactPaths
 from flows.cli import build_parser
 from flows.pipeline import COMPUTE_STAGES
-from flows.stages import RUNNERS, ArtifactPaths
+from flows.stages import RUNNERS
 from pipeline_tasks.config import load_config
 from tests.conftest import PARAMS, REPO
 

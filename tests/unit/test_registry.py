@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 import torch
 
+from flows.artifacts import ArtifactPaths
 from flows.registry import RegisterRecord, apply_decision, classifier_digest, register_model
-from flows.stages import ArtifactPaths
 from pipeline_tasks.config import PipelineConfig
 from pipeline_tasks.data.manifest import build_manifest
 from pipeline_tasks.data.preprocess import PreprocessRecord, preprocess_data

@@ -1,0 +1,32 @@
+"""What users read in the Prefect UI: links that open MLflow on its training pages, and a
+headline that answers "did it help"."""
+
+from __future__ import annotations
+
+import re
+
+from flows.reports import TRAINING_LAYOUT, headline, model_link, run_link
+from tests.conftest import REPO
+
+
+def test_every_mlflow_link_opens_the_training_layout() -> None:
+    uri = "http://127.0.0.1:5000"
+    assert run_link(uri, "1", "abc").endswith(f"/#/experiments/1/runs/abc{TRAINING_LAYOUT})")
+    assert model_link(uri, "m", "3").endswith(f"/#/models/m/versions/3{TRAINING_LAYOUT})")
+    assert run_link("sqlite:///mlflow.db", "1", "abc") == "`abc`"  # no server, no link
+    # every MLflow UI address in flows/ is built by reports.run_url/model_url or ends in the layout
+    for path in (REPO / "flows").glob("*.py"):
+        for line in path.read_text().splitlines():
+            if re.search(r"/#/(experiments|models)/", line) and path.name != "reports.py":
+                assert "TRAINING_LAYOUT" in line, f"{path.name}: {line.strip()}"
+
+
+def test_the_headline_puts_the_model_against_its_baselines() -> None:
+    summary = {"test_accuracy": 0.93, "scratch_test_accuracy": 0.75, "pretrained_test_accuracy": 0.85,
+               "pixels_test_accuracy": 0.6, "lift_points": "+18.00 (McNemar p 1e-30)", "labels_used": 140,
+               "train_labels": 40, "val_labels": 100, "test_images": 1000}
+    text = headline(summary)
+    assert "test accuracy 0.9300" in text and "scratch 0.7500" in text and "raw pixels 0.6000" in text
+    assert "pretrained without the pool 0.8500" in text
+    assert "(lift over scratch +18.00 (McNemar p 1e-30))" in text
+    assert "140 labels (40 training + 100 validation)" in text
