@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
-import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from mlflow.exceptions import MlflowException
 from prefect import flow, get_client, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.logging.handlers import APILogHandler
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
@@ -32,13 +34,11 @@ from flows.artifacts import ArtifactPaths, RunContext
 from flows.registry import RegisterRecord, apply_decision
 from flows.reports import (
     mlflow_ui,
-    model_link,
     model_url,
-    run_link,
-    summary_markdown,
     validation_markdown,
 )
 from flows.stages import RUNNERS, run_register
+from flows.summary import devices, links, model_rows, publish, tracking_failure
 from flows.tracking import lineage_tags, setup_tracking
 from pipeline_tasks.config import PipelineConfig, load_config
 from pipeline_tasks.data.errors import DataError
@@ -159,16 +159,36 @@ def pretrain_finetune(
     parent = mlflow.start_run(experiment_id=experiment_id, run_name=f"pretrain-finetune {flow_run.name}",
                               tags=tags, description=_describe(cfg, tags))
     try:
-        return _run(cfg, paths, RunContext(experiment_id, parent.info.run_id, tags, record_data), no_cache,
-                    started)
+        ctx = RunContext(experiment_id, parent.info.run_id, tags, record_data)
+        with engine_logs():
+            return _run(cfg, paths, ctx, no_cache, started)
     except (MlflowException, requests.exceptions.RequestException) as exc:
         with contextlib.suppress(Exception):
             mlflow.end_run("FAILED")
-        return Failed(message=_tracking_failure(exc))
+        return Failed(message=tracking_failure(exc))
     except BaseException:
         with contextlib.suppress(Exception):
             mlflow.end_run("FAILED")
         raise
+
+
+@contextlib.contextmanager
+def engine_logs() -> Iterator[None]:
+    """The engine's epoch, progress and result lines (logger ``pipeline_tasks``) in the flow run's
+    log however the run started: the CLI, a served deployment or a worker. Setting this up in
+    the CLI alone left deployment and worker runs without them."""
+    logger = logging.getLogger("pipeline_tasks")
+    level, handler = logger.level, None
+    logger.setLevel(logging.INFO)
+    if not any(isinstance(h, APILogHandler) for h in logger.handlers):
+        handler = APILogHandler()
+        logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if handler is not None:
+            logger.removeHandler(handler)
 
 
 def _run(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext, no_cache: bool, started: float) -> Any:
@@ -186,39 +206,13 @@ def _run(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext, no_cache: b
     summary, registered, source = _train_and_register(validated, cfg, paths, ctx, no_cache)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     mlflow.log_metric("pipeline_seconds", summary["seconds"])
-    links = _links(ctx, registered, source)
-    _publish(summary, links, final=False)
+    urls = links(ctx, registered, source)
+    publish(summary, urls, final=False)
     moved = move_aliases_task(registered, paths)  # last: aliases move only once all else succeeded
     summary.update(aliases=list(moved.aliases), gate=moved.reason)
-    _publish(summary, links, final=True)
+    publish(summary, urls, final=True)
     mlflow.end_run("FINISHED")
     return summary
-
-
-def _links(ctx: RunContext, registered: RegisterRecord, source: str | None) -> dict[str, str]:
-    uri = mlflow.get_tracking_uri()
-    links = {"run": run_link(uri, ctx.experiment_id, ctx.parent_run_id or ""),
-             "model": model_link(uri, registered.model_name, registered.version)}
-    if source:
-        links["source"] = run_link(uri, ctx.experiment_id, source)
-    return links
-
-
-def _publish(summary: dict[str, Any], links: dict[str, str], final: bool) -> None:
-    """The ``run-summary`` artifact (Prefect shows a key's latest version): before the aliases
-    move it says they are pending; after, it shows them as the registry holds them."""
-    shown = summary if final else {**summary, "aliases": "pending: they move when the run finishes"}
-    create_markdown_artifact(key="run-summary", markdown=summary_markdown(shown, links),
-                             description="pretrain-finetune results")
-
-
-def _tracking_failure(exc: Exception) -> str:
-    uri = mlflow.get_tracking_uri()
-    cause = re.search(r"\[Errno \d+\][^\"')]*", str(exc))  # e.g. "[Errno 111] Connection refused"
-    reason = cause.group(0) if cause else str(exc).splitlines()[0][:200]
-    return (f"MLflow tracking store {uri} (MLFLOW_TRACKING_URI) failed during the run, after retries: "
-            f"{reason}. No alias moved. Start the server again (`pretrainflow ui`) and rerun: finished "
-            "stages come from the cache.")
 
 
 def _prefect_tags() -> dict[str, str]:
@@ -259,7 +253,7 @@ def _train_and_register(validated: ValidationRecord, cfg: PipelineConfig, paths:
     source = source if source != ctx.parent_run_id else None
     registered = register_task(cfg, paths, ctx, results["evaluate"])
     metrics = _log_on_parent(paths, registered, source)
-    summary = {**_model_rows(cfg, metrics),
+    summary = {**model_rows(cfg, metrics),
                "labels_used": metrics["labels_used"], "train_labels": metrics["train_labels"],
                "val_labels": metrics["val_labels"], "test_images": metrics["test_images"],
                "pretrain_images": results["pretrain"].record.n_images,
@@ -270,37 +264,6 @@ def _train_and_register(validated: ValidationRecord, cfg: PipelineConfig, paths:
                "gate": registered.reason, "tracking_uri": mlflow.get_tracking_uri(),
                "data_dvc_md5": ctx.tags["data_dvc_md5"]}
     return summary, registered, source
-
-
-def _model_rows(cfg: PipelineConfig, metrics: dict[str, Any]) -> dict[str, Any]:
-    """The answer first: this run's model against pixels, scratch and the model before the pool
-    stage, each lift with its McNemar p-value, and how far the frozen encoder beats pixels."""
-    pooled = cfg.pool.method != "none" and "pretrained_test_accuracy" in metrics
-    mode = cfg.finetune.mode
-    model = "scratch" if mode == "scratch" else f"{mode} fine-tune of the pretrained encoder"
-    rows: dict[str, Any] = {"model": f"{model}{f' + pool ({cfg.pool.method})' if pooled else ''}",
-                            "test_accuracy": metrics["test_accuracy"]}
-    for key in ("pretrained_test_accuracy", "scratch_test_accuracy", "init_test_accuracy",
-                "pixels_test_accuracy", "encoder_test_accuracy"):
-        if key in metrics:
-            rows[key] = metrics[key]
-    for lift in ("lift", "pool_lift", "lift_over_init"):
-        if f"{lift}_points" in metrics:
-            points, p_value = metrics[f"{lift}_points"], metrics[f"{lift}_p_value"]
-            rows[f"{lift}_points"] = f"{points:+.2f} (McNemar p {p_value:.2g})"
-    if "encoder_over_pixels_points" in metrics:
-        rows["encoder_over_pixels_points"] = f"{metrics['encoder_over_pixels_points']:+.2f}"
-    return rows
-
-
-def devices(results: dict[str, StageResult]) -> str:
-    """Where each training stage ran: ``pretrain cpu (CPU (2 cores)) fp32; finetune ...``."""
-    found = []
-    for stage in ("pretrain", "finetune", "pool", "evaluate"):
-        rt = getattr(results[stage].record, "runtime", None) or {}
-        if rt:
-            found.append(f"{stage} {rt['device']} ({rt['device_name']}) {rt['precision']}")
-    return "; ".join(found)
 
 
 def _log_on_parent(paths: ArtifactPaths, registered: RegisterRecord, source: str | None) -> dict[str, Any]:

@@ -103,6 +103,7 @@ def test_served_deployment_runs_from_the_api(project: Path, stack: Any) -> None:
     properties = deployment["parameter_openapi_schema"]["properties"]
     assert "section.key=value" in properties["overrides"]["description"]
     assert all(properties[p].get("description") for p in ("params", "overrides", "data_dir", "no_cache"))
+    assert "<" not in properties["data_dir"]["description"]  # the form renders the help as HTML
     assert deployment["concurrency_limit"] == 1 or deployment.get("global_concurrency_limit")
 
     run = _api(api, f"/deployments/{deployment['id']}/create_flow_run", {})
@@ -113,6 +114,11 @@ def test_served_deployment_runs_from_the_api(project: Path, stack: Any) -> None:
     assert "MLflow run" in summary["data"] and "Promotion gate" in summary["data"]
     flow_run = _api(api, f"/flow_runs/{run['id']}")
     assert any(tag.startswith("data:") for tag in flow_run["tags"])  # the data version, filterable
+    # the engine's lines reach the flow run's log when a deployment (not the CLI) starts the run
+    query = {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200}
+    lines = [entry["message"] for entry in _api(api, "/logs/filter", query)]
+    assert any("pretrain epoch 1/1" in line for line in lines), lines[-20:]
+    assert any(line.startswith("finetune (full)") for line in lines), lines[-20:]
 
 
 def _done(api: str, run_id: str) -> str | None:

@@ -1,0 +1,74 @@
+"""The run's summary: the answer first (this run's model against its baselines, each lift with
+its p-value), then the label budget, the registry and the devices; published as the Prefect
+``run-summary`` artifact with links to MLflow, and the message when MLflow fails mid-run."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import mlflow
+from prefect.artifacts import create_markdown_artifact
+
+from flows.artifacts import RunContext
+from flows.registry import RegisterRecord
+from flows.reports import model_link, run_link, summary_markdown
+from pipeline_tasks.config import PipelineConfig
+
+
+def model_rows(cfg: PipelineConfig, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The answer first: this run's model against pixels, scratch and the model before the pool
+    stage, each lift with its McNemar p-value, and how far the frozen encoder beats pixels."""
+    pooled = cfg.pool.method != "none" and "pretrained_test_accuracy" in metrics
+    mode = cfg.finetune.mode
+    model = "scratch" if mode == "scratch" else f"{mode} fine-tune of the pretrained encoder"
+    rows: dict[str, Any] = {"model": f"{model}{f' + pool ({cfg.pool.method})' if pooled else ''}",
+                            "test_accuracy": metrics["test_accuracy"]}
+    for key in ("pretrained_test_accuracy", "scratch_test_accuracy", "init_test_accuracy",
+                "pixels_test_accuracy", "encoder_test_accuracy"):
+        if key in metrics:
+            rows[key] = metrics[key]
+    for lift in ("lift", "pool_lift", "lift_over_init"):
+        if f"{lift}_points" in metrics:
+            points, p_value = metrics[f"{lift}_points"], metrics[f"{lift}_p_value"]
+            rows[f"{lift}_points"] = f"{points:+.2f} (McNemar p {p_value:.2g})"
+    if "encoder_over_pixels_points" in metrics:
+        rows["encoder_over_pixels_points"] = f"{metrics['encoder_over_pixels_points']:+.2f}"
+    return rows
+
+
+def devices(results: dict[str, Any]) -> str:
+    """Where each training stage ran (``results``: stage -> its cached result, whose record has
+    ``runtime``): ``pretrain cpu (CPU (2 cores)) fp32; finetune ...``."""
+    found = []
+    for stage in ("pretrain", "finetune", "pool", "evaluate"):
+        rt = getattr(results[stage].record, "runtime", None) or {}
+        if rt:
+            found.append(f"{stage} {rt['device']} ({rt['device_name']}) {rt['precision']}")
+    return "; ".join(found)
+
+
+def links(ctx: RunContext, registered: RegisterRecord, source: str | None) -> dict[str, str]:
+    uri = mlflow.get_tracking_uri()
+    links = {"run": run_link(uri, ctx.experiment_id, ctx.parent_run_id or ""),
+             "model": model_link(uri, registered.model_name, registered.version)}
+    if source:
+        links["source"] = run_link(uri, ctx.experiment_id, source)
+    return links
+
+
+def publish(summary: dict[str, Any], links: dict[str, str], final: bool) -> None:
+    """The ``run-summary`` artifact (Prefect shows a key's latest version): before the aliases
+    move it says they are pending; after, it shows them as the registry holds them."""
+    shown = summary if final else {**summary, "aliases": "pending: they move when the run finishes"}
+    create_markdown_artifact(key="run-summary", markdown=summary_markdown(shown, links),
+                             description="pretrain-finetune results")
+
+
+def tracking_failure(exc: Exception) -> str:
+    uri = mlflow.get_tracking_uri()
+    cause = re.search(r"\[Errno \d+\][^\"')]*", str(exc))  # e.g. "[Errno 111] Connection refused"
+    reason = cause.group(0) if cause else str(exc).splitlines()[0][:200]
+    return (f"MLflow tracking store {uri} (MLFLOW_TRACKING_URI) failed during the run, after retries: "
+            f"{reason}. No alias moved. Start the server again (`pretrainflow ui`) and rerun: finished "
+            "stages come from the cache.")
