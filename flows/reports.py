@@ -39,7 +39,10 @@ def model_link(tracking_uri: str, name: str, version: str) -> str:
     return f"[{text}]({model_url(base, name, version)})" if base else f"`{text}`"
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, key: str = "") -> str:
+    """A value as a person reads it: accuracies to 4 decimals, seconds to whole seconds."""
+    if key == "seconds" and isinstance(value, float | int):
+        return f"{value:,.0f} s"
     if isinstance(value, float):
         return f"{value:.4f}"
     if isinstance(value, list | tuple):
@@ -73,7 +76,7 @@ def summary_markdown(summary: dict[str, Any], links: dict[str, str]) -> str:
               f"**MLflow run:** {links['run']}" + (f" (results cached from run {links['source']})"
                                                   if links.get("source") else ""), "",
               "| field | value |", "|---|---|"]
-    lines += [f"| {k} | {f'{v:+.2f}' if k.startswith('lift') and isinstance(v, float) else _fmt(v)} |"
+    lines += [f"| {k} | {f'{v:+.2f}' if k.startswith('lift') and isinstance(v, float) else _fmt(v, k)} |"
               for k, v in summary.items() if k not in ("gate", "aliases")]
     return "\n".join(lines) + "\n"
 
@@ -94,13 +97,39 @@ def validation_markdown(report: dict[str, Any]) -> str:
                   "|---|---|---|---|---|",
                   f"| {pool['dir']} | {pool['n_images']} | {pool['n_kept']} | {pool['n_skipped']} | "
                   f"{len(pool['removed_copies'])} |"]
-    lines += ["", "| suite | expectation | column | result |", "|---|---|---|---|"]
-    lines += [f"| {e['suite']} | {e['expectation']} | {e['column']} | {'ok' if e['success'] else 'FAILED'} |"
-              for e in report["expectations"]]
+    lines += ["", "| suite | check | threshold | observed | result |", "|---|---|---|---|---|"]
+    lines += [f"| {e['suite']} | {e.get('check', e['expectation'])} | {_threshold(e.get('threshold'))} | "
+              f"{_observed(e)} | {'ok' if e['success'] else '**FAILED**'} |" for e in report["expectations"]]
     for f in report["failures"]:
-        lines += ["", f"**{f['expectation']}** on `{f['column'] or 'the class table'}`: {f['fix']}", ""]
+        lines += ["", f"**{f['expectation']}** on `{f['column'] or 'the class table'}` "
+                      f"(observed {f['observed']}): {f['fix']}", ""]
         lines += [f"- `{o}`" for o in f["offending"]]
+    litter = report.get("ignored_litter") or {}
+    if litter.get("n"):
+        lines += ["", f"Ignored {litter['n']} entries that operating systems leave (not images): "
+                      + ", ".join(f"`{p}`" for p in litter["paths"])]
     return "\n".join(lines)
+
+
+def _threshold(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) if len(value) <= 8 else f"{len(value)} values"
+    return str(value)
+
+
+FILE_CHECKS = ("refused_link", "bad_name", "decodes", "format", "width", "height", "label_conflict")
+
+
+def _observed(check: dict[str, Any]) -> str:
+    """Offending files for a file check ("0 files"), the value for a class check."""
+    observed = check.get("observed")
+    if check.get("column") in FILE_CHECKS:
+        return f"{observed or 0} files"
+    if check.get("column") in ("n_images", "imbalance"):
+        return f"{observed or 0} classes off"
+    return _threshold(observed)
 
 
 def _span(span: dict[str, int]) -> str:

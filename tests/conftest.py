@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -16,6 +18,10 @@ from pipeline_tasks.config import PipelineConfig, load_config
 from pipeline_tasks.data.datasets import write_builtin
 from pipeline_tasks.data.manifest import build_manifest
 from pipeline_tasks.data.preprocess import PreprocessRecord, preprocess_data
+
+# Before anything imports prefect: the tests' flow runs (and the CLI runs they start) go to a
+# throwaway Prefect home, never the user's ~/.prefect.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="pretrainflow-tests-prefect-")
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"

@@ -73,12 +73,34 @@ def build_report(kept: pd.DataFrame, classes: list[str], results: dict[str, list
         "modes": {str(k): int(v) for k, v in good["mode"].value_counts().items()},
         "width": _span(good["width"]), "height": _span(good["height"]),
         **copy_summary(good),
-        "expectations": [{"suite": name, "expectation": r.expectation_config.type,
-                          "column": r.expectation_config.kwargs.get("column"), "success": bool(r.success)}
-                         for name, rs in results.items() for r in rs],
+        "expectations": [_checked(name, r) for name, rs in results.items() for r in rs],
         "failures": failures,
         "skipped_files": [{"path": p, "check": c} for p, c in sorted(skipped.items())],
     }
+
+
+# Each check as a person reads it, by the column it looks at (None: the class table's row count).
+CHECKS = {"refused_link": "no symlink out of the folder (none at all when DVC tracks it)",
+          "bad_name": "file and folder names are valid UTF-8", "decodes": "every file decodes as an image",
+          "format": "the format is allowed", "width": "width at least", "height": "height at least",
+          "label_conflict": "no picture (or a copy of it) under two labels",
+          None: "number of classes at least",
+          "n_images": "images per class at least", "imbalance": "largest / smallest class at most",
+          "label": "the classes are exactly"}
+
+
+def _checked(suite: str, res: Any) -> dict[str, Any]:
+    """One expectation as the report lists it: the check in words, its threshold, what was
+    observed (the offending count, or the value), and the verdict."""
+    kwargs = {k: v for k, v in res.expectation_config.kwargs.items() if k not in ("column", "batch_id")}
+    threshold = kwargs.get("min_value", kwargs.get("max_value", kwargs.get("value_set")))
+    column = res.expectation_config.kwargs.get("column")
+    if column in ("refused_link", "bad_name", "decodes", "label_conflict"):
+        threshold = None  # yes/no checks
+    observed = res.result.get("unexpected_count", res.result.get("observed_value"))
+    return {"suite": suite, "expectation": res.expectation_config.type, "column": column,
+            "check": CHECKS.get(column, res.expectation_config.type), "threshold": threshold,
+            "observed": observed, "success": bool(res.success)}
 
 
 def copy_summary(good: pd.DataFrame) -> dict[str, Any]:

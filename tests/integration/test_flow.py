@@ -82,7 +82,8 @@ def test_prefect_shows_the_validation_summary(first: dict[str, Any]) -> None:
     summary = Artifact.get("data-validation")
     assert summary is not None and summary.type == "markdown"
     assert "Data validation passed" in summary.data and "| 7 | 12 |" in summary.data
-    assert "expect_column_values_to_be_in_set" in summary.data
+    assert "| image-files | every file decodes as an image | - | 0 files | ok |" in summary.data
+    assert "| image-classes | images per class at least | 5 | 0 classes off | ok |" in summary.data
     results = Artifact.get("run-summary")  # the latest version: published after the aliases moved
     assert results is not None and "against scratch" in results.data
     assert f"{first['labels_used']} labels" in results.data

@@ -30,3 +30,13 @@ def test_the_headline_puts_the_model_against_its_baselines() -> None:
     assert "pretrained without the pool 0.8500" in text
     assert "(lift over scratch +18.00 (McNemar p 1e-30))" in text
     assert "140 labels (40 training + 100 validation)" in text
+
+
+def test_the_tests_never_touch_the_users_prefect_home() -> None:
+    import os
+
+    from prefect.settings import PREFECT_HOME
+
+    home = str(PREFECT_HOME.value())
+    assert "pretrainflow-tests-prefect-" in home and os.environ["PREFECT_HOME"] == home
+    assert not home.startswith(os.path.expanduser("~/.prefect"))
