@@ -47,8 +47,7 @@ def run_validate(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> 
     folders are recorded with ``dvc add`` only once the gate has opened."""
     pool = cfg.data.unlabeled_dir
     folders = [f for f in (cfg.data.dir, pool) if f]
-    with stage_run("validate", ctx.experiment_id, ctx.parent_run_id,
-                   cfg.section("validate"), ctx.tags):
+    with stage_run("validate", ctx, cfg, cfg.section("validate")):
         try:
             record = validate_data(cfg.data.dir, cfg.validate_, paths.validation,
                                    manifest_cache(cfg.data.dir), pool,
@@ -93,8 +92,8 @@ def _log_validation(record: ValidationRecord, cfg: PipelineConfig, ctx: RunConte
 def run_preprocess(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> PreprocessRecord:
     require_validated(paths)
     manifest = require(paths.validation / "manifest.csv", "validate")
-    with stage_run("preprocess", ctx.experiment_id, ctx.parent_run_id,
-                   {**cfg.section("data"), **cfg.section("preprocess")}, ctx.tags):
+    params = {**cfg.section("data"), **cfg.section("preprocess")}
+    with stage_run("preprocess", ctx, cfg, params):
         pool = None
         if cfg.data.unlabeled_dir:
             pool = (require(paths.validation / "pool_manifest.csv", "validate"), cfg.data.unlabeled_dir)
@@ -116,8 +115,7 @@ def run_pretrain(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> 
                     checkpoint_dir=paths.root / "checkpoints" / "pretrain", init_path=_init_weights(cfg))
     if not distributed.current().is_main:
         return train()
-    with stage_run("pretrain", ctx.experiment_id, ctx.parent_run_id,
-                   cfg.section("pretrain"), ctx.tags):
+    with stage_run("pretrain", ctx, cfg, cfg.section("pretrain")):
         record = train(log_metrics=mlflow_log_metrics)
         mlflow.log_metrics({"pretrain_images": record.n_images, "pretrain_pool_images": record.n_pool,
                             "data_wait_share": record.data_wait_share, "steps_trained": record.steps_trained,
@@ -145,8 +143,8 @@ def run_finetune(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> 
     require_validated(paths)
     classes = tuple(json.loads(require(paths.preprocessed / "classes.json", "preprocess").read_text()))
     encoder = require(paths.pretrain / "encoder.pt", "pretrain")
-    with stage_run("finetune", ctx.experiment_id, ctx.parent_run_id,
-                   {**cfg.section("finetune"), "pretrain_init": cfg.pretrain.init}, ctx.tags):
+    params = {**cfg.section("finetune"), "pretrain_init": cfg.pretrain.init}
+    with stage_run("finetune", ctx, cfg, params):
         record = finetune_classifier(paths.preprocessed, encoder, classes, cfg.finetune,
                                      paths.finetune, mlflow_log_metrics)
         records = {"classifier": record.to_dict()}
@@ -182,7 +180,7 @@ def run_pool(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> Pool
     if cfg.pool.method == "none":
         (paths.pool / "summary.json").write_text(json.dumps({"method": "none"}) + "\n")
         return None
-    with stage_run("pool", ctx.experiment_id, ctx.parent_run_id, cfg.section("pool"), ctx.tags):
+    with stage_run("pool", ctx, cfg, cfg.section("pool")):
         record = learn_from_pool(paths.preprocessed, classifier, cfg.pool, paths.finetune / LABELS,
                                  paths.pool / "classifier.pt", mlflow_log_metrics)
         mlflow.log_metrics({"pool_start_val_accuracy": record.start_val_accuracy,
@@ -200,8 +198,7 @@ def run_evaluate(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> 
     candidates = {"scratch": paths.finetune / "baseline.pt", "init": paths.finetune / "init_baseline.pt",
                   "pretrained": paths.finetune / "classifier.pt"}
     baselines = {name: path for name, path in candidates.items() if path.is_file() and path != classifier}
-    with stage_run("evaluate", ctx.experiment_id, ctx.parent_run_id,
-                   cfg.section("evaluate"), ctx.tags):
+    with stage_run("evaluate", ctx, cfg, cfg.section("evaluate")):
         record = evaluate_classifier(
             paths.preprocessed, classifier, cfg.evaluate, paths.metrics, paths.plots, baselines,
             {"labels_used": trained["labels_used"], "train_labels": trained["n_labeled"],
@@ -233,8 +230,7 @@ def run_register(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext,
     on_parent = bool(ctx.parent_run_id) and active is not None and active.info.run_id == ctx.parent_run_id
     if on_parent:  # in the flow: the model goes on its run, which holds the metrics (the version's source)
         record = register_model(classifier, metrics, split, cfg, str(ctx.parent_run_id), data_version, paths)
-    with stage_run("register", ctx.experiment_id, ctx.parent_run_id,
-                   cfg.section("register"), ctx.tags) as run_id:
+    with stage_run("register", ctx, cfg, cfg.section("register")) as run_id:
         if not on_parent:
             record = register_model(classifier, metrics, split, cfg, run_id, data_version, paths)
         if apply:

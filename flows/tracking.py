@@ -17,6 +17,7 @@ import yaml
 
 from flows import graph
 from flows.project import project_root
+from pipeline_tasks.config import PipelineConfig
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # What the MLflow 3 UI reads to open an experiment on its training runs, not on a GenAI traces page.
@@ -133,14 +134,28 @@ def log_runtime(runtime: dict[str, str]) -> None:
     mlflow.set_tags({k: v for k, v in runtime.items() if v})
 
 
+def run_name(stage: str, cfg: PipelineConfig) -> str:
+    """A stage run named for what it did, as the MLflow runs table shows it."""
+    ft = cfg.finetune
+    labels = (f"{ft.labels_per_class} labels a class" if ft.labels_per_class
+              else f"{ft.label_fraction:.0%} labels")
+    names = {"validate": f"validate {Path(cfg.data.dir).name}",
+             "preprocess": f"preprocess {cfg.data.image_size} px",
+             "pretrain": f"pretrain {cfg.pretrain.method} {cfg.pretrain.epochs} ep",
+             "finetune": f"finetune {ft.mode} {labels}",
+             "pool": f"pool {cfg.pool.method} {cfg.pool.steps} steps",
+             "evaluate": "evaluate on the test split", "register": f"register {cfg.register_.model_name}"}
+    return names.get(stage, stage)
+
+
 @contextlib.contextmanager
-def stage_run(stage: str, experiment_id: str, parent_run_id: str | None,
-              params: dict[str, Any], tags: dict[str, str]) -> Iterator[str]:
-    """An MLflow run for one stage, nested under the flow's run when there is one."""
+def stage_run(stage: str, ctx: Any, cfg: PipelineConfig, params: dict[str, Any]) -> Iterator[str]:
+    """An MLflow run for one stage (``ctx``: the ``RunContext``), named for what it does,
+    nested under the flow's run when there is one, tagged ``pretrainflow.stage``."""
     with mlflow.start_run(
-        experiment_id=experiment_id, run_name=stage, nested=parent_run_id is not None,
-        parent_run_id=parent_run_id, description=graph.BY_NAME[stage].description,
-        tags={"pretrainflow.stage": stage, **tags},
+        experiment_id=ctx.experiment_id, run_name=run_name(stage, cfg), nested=ctx.parent_run_id is not None,
+        parent_run_id=ctx.parent_run_id, description=graph.BY_NAME[stage].description,
+        tags={"pretrainflow.stage": stage, **ctx.tags},
     ) as run:
         if params:
             mlflow.log_params(params)

@@ -100,16 +100,18 @@ def test_mlflow_parent_run_with_a_nested_run_per_stage(first: dict[str, Any]) ->
     children = mlflow.search_runs(
         [parent.info.experiment_id], output_format="list",
         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert sorted(r.info.run_name for r in children) == sorted(
+    by_stage = {r.data.tags["pretrainflow.stage"]: r for r in children}
+    assert sorted(by_stage) == sorted(
         ["validate", "preprocess", "pretrain", "finetune", "pool", "evaluate", "register"])
+    assert by_stage["finetune"].info.run_name == "finetune full 50% labels"  # named for what it did
     version = client.get_model_version(MODEL, first["model_version"])
     assert version.run_id == parent.info.run_id  # the version's source run is the one with the metrics
-    finetune = next(r for r in children if r.info.run_name == "finetune")
+    finetune = by_stage["finetune"]
     history = client.get_metric_history(finetune.info.run_id, "val_accuracy")
     assert [m.step for m in history] == [5, 10]  # finetune.epochs=2 checks over min_steps=10
     assert client.get_metric_history(finetune.info.run_id, "scratch_val_accuracy")  # the baseline
     artifacts = {a.path for a in client.list_artifacts(
-        next(r for r in children if r.info.run_name == "evaluate").info.run_id, "plots")}
+        by_stage["evaluate"].info.run_id, "plots")}
     assert "plots/confusion_matrix.png" in artifacts
 
 

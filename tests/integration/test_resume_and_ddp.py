@@ -127,7 +127,7 @@ def test_torchrun_runs_the_pretrain_stage_from_the_cli(tiny_data: Path, tmp_path
     assert not list((tmp_path / "artifacts" / "checkpoints" / "pretrain").glob("*"))  # retired when done
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("pretrainflow")
-    runs = client.search_runs([experiment.experiment_id], "attributes.run_name = 'pretrain'")
+    runs = client.search_runs([experiment.experiment_id], "tags.`pretrainflow.stage` = 'pretrain'")
     assert len(runs) == 1 and runs[0].data.metrics["pretrain_images"] == 90  # one run, from rank 0
 
 
