@@ -14,6 +14,7 @@ from typing import Any
 
 import mlflow
 import yaml
+from mlflow.exceptions import MlflowException
 
 from flows import graph
 from flows.project import project_root
@@ -66,8 +67,14 @@ def setup_tracking(experiment: str) -> str:
     location = None
     if uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")).parent == project_root():
         location = (project_root() / "mlartifacts").as_uri()  # beside mlflow.db, not in cwd/mlruns
-    return str(mlflow.create_experiment(experiment, artifact_location=location,
-                                        tags=dict([EXPERIMENT_KIND])))
+    try:
+        return str(mlflow.create_experiment(experiment, artifact_location=location,
+                                            tags=dict([EXPERIMENT_KIND])))
+    except MlflowException as exc:  # another run on this store created it since we looked
+        found = mlflow.get_experiment_by_name(experiment)
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS" or found is None:
+            raise
+        return str(found.experiment_id)
 
 
 def git_commit() -> str:
