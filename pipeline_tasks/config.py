@@ -119,7 +119,7 @@ class PretrainConfig(_Section):
     # Checkpoints (atomic) every epoch and every N steps; resume: auto continues the last one.
     checkpoint_every_steps: int | None = Field(None, ge=1)
     resume: Literal["auto", "never"] = "auto"
-    knn_every_epochs: int = Field(5, ge=0)  # k-NN accuracy on the val split (0: at the end only)
+    knn_every_epochs: int = Field(5, ge=0)  # knn_accuracy_all_labels (0: at the end only)
     # Stop when the per-dimension std of L2-normalised embeddings falls under this share of the
     # 1/sqrt(dim) a spread-out embedding has (0 turns the check off).
     collapse_threshold: float = Field(0.05, ge=0, lt=1)

@@ -33,6 +33,10 @@ from pipeline_tasks.ssl.run import Position, Run, build_run
 from pipeline_tasks.ssl.views import ViewAugment
 from pipeline_tasks.storage import save_atomic
 
+# The monitor's MLflow name says what it uses: every labeled training image, not the run's label
+# budget (a diagnostic of the encoder, apart from the few-label numbers the evaluate stage reports).
+KNN_METRIC = "knn_accuracy_all_labels"
+
 log = logging.getLogger(__name__)
 LogMetrics = Callable[[dict[str, float], int], None]
 
@@ -138,7 +142,7 @@ def _train(run: Run, preprocessed_dir: Path, out: Path, log_metrics: LogMetrics,
         _check_collapse(run, metrics)
         every = cfg.knn_every_epochs
         if main and every and (epoch + 1) % every == 0 and epoch + 1 < cfg.epochs:
-            metrics["knn_accuracy"] = _knn_on_val(run.method.encoder, preprocessed_dir, run.fabric.device)
+            metrics[KNN_METRIC] = _knn_on_val(run.method.encoder, preprocessed_dir, run.fabric.device)
         run.save(epoch, b.steps_per_epoch, order)
         if main:
             log_metrics(metrics, epoch)
@@ -160,7 +164,7 @@ def _save_encoder(run: Run, preprocessed_dir: Path, path: Path, log_metrics: Log
     knn = float("nan")
     if run.fabric.is_global_zero:
         knn = _knn_on_val(run.method.encoder, preprocessed_dir, run.fabric.device)
-        log_metrics({"knn_accuracy": knn}, run.cfg.epochs)
+        log_metrics({KNN_METRIC: knn}, run.cfg.epochs)
         encoder = run.method.encoder
         assert isinstance(encoder, ResNetEncoder)
         save_atomic({"spec": encoder.spec.to_dict(), "state_dict": _cpu_state(encoder)}, path)
