@@ -20,12 +20,13 @@ from flows import graph
 from flows.artifacts import ArtifactPaths, RunContext, final_classifier, require, require_validated
 from flows.dvc import DvcError, record_data_version, tracks
 from flows.registry import RegisterRecord, apply_decision, download_encoder, register_encoder, register_model
-from flows.tracking import lineage_tags, log_dataset, log_runtime, mlflow_log_metrics, stage_run
+from flows.tracking import Curves, lineage_tags, log_dataset, log_runtime, mlflow_log_metrics, stage_run
 from pipeline_tasks.config import PipelineConfig
 from pipeline_tasks.data.errors import DataError
 from pipeline_tasks.data.preprocess import PreprocessRecord, preprocess_data
 from pipeline_tasks.data.validate import ValidationRecord, validate_data
 from pipeline_tasks.evaluation.evaluate import EvaluateRecord, evaluate_classifier
+from pipeline_tasks.evaluation.plots import validation_curves
 from pipeline_tasks.finetune.pool import PoolRecord, learn_from_pool
 from pipeline_tasks.finetune.subsets import LABELS
 from pipeline_tasks.finetune.train import FinetuneRecord, finetune_classifier
@@ -145,8 +146,9 @@ def run_finetune(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> 
     encoder = require(paths.pretrain / "encoder.pt", "pretrain")
     params = {**cfg.section("finetune"), "pretrain_init": cfg.pretrain.init}
     with stage_run("finetune", ctx, cfg, params):
+        curves = Curves()
         record = finetune_classifier(paths.preprocessed, encoder, classes, cfg.finetune,
-                                     paths.finetune, mlflow_log_metrics)
+                                     paths.finetune, curves.logger(f"{cfg.finetune.mode} (this model)"))
         records = {"classifier": record.to_dict()}
         baselines = {"scratch": (paths.finetune / "baseline.pt", None),
                      "init": (paths.finetune / "init_baseline.pt", _init_weights(cfg))}
@@ -156,15 +158,16 @@ def run_finetune(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> 
                     or (name == "init" and init is None)):
                 continue
             base = finetune_classifier(paths.preprocessed, encoder, classes, cfg.finetune, paths.finetune,
-                                       lambda m, step, n=name: mlflow_log_metrics(
-                                           {f"{n}_{k}": v for k, v in m.items()}, step),
-                                       mode=name, out_name=path.name, init_path=init)
+                                       curves.logger(name, f"{name}_"), mode=name, out_name=path.name,
+                                       init_path=init)
             records[f"{name}_baseline" if name == "init" else "baseline"] = base.to_dict()
             mlflow.log_metric(f"{name}_best_val_accuracy", base.best_val_accuracy)
         mlflow.log_metrics({"best_val_accuracy": record.best_val_accuracy, "n_labeled": record.n_labeled,
                             "n_val_labels": record.n_val_labels, "labels_used": record.labels_used,
                             "steps": record.steps})
         log_runtime(record.runtime)
+        mlflow.log_artifact(str(validation_curves(curves.points, paths.finetune / "validation_curves.png")),
+                            "plots")
         (paths.finetune / "summary.json").write_text(json.dumps(records, indent=2) + "\n")
         return record
 

@@ -136,6 +136,22 @@ def mlflow_log_metrics(metrics: dict[str, float], step: int) -> None:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
+class Curves:
+    """Each model's validation accuracy per step, kept as the training loops log their metrics,
+    for the one chart that shows them side by side (``plots.validation_curves``)."""
+
+    def __init__(self) -> None:
+        self.points: dict[str, list[tuple[int, float]]] = {}
+
+    def logger(self, name: str, prefix: str = "") -> Callable[[dict[str, float], int], None]:
+        """A ``log_metrics`` callable: logs to MLflow (names prefixed) and keeps ``val_accuracy``."""
+        def log(metrics: dict[str, float], step: int) -> None:
+            mlflow_log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step)
+            if "val_accuracy" in metrics:
+                self.points.setdefault(name, []).append((step, float(metrics["val_accuracy"])))
+        return log
+
+
 def log_runtime(runtime: dict[str, str]) -> None:
     """The device, its name and the precision a stage ran on, as tags of its run."""
     mlflow.set_tags({k: v for k, v in runtime.items() if v})

@@ -15,7 +15,13 @@ from pipeline_tasks.config import EvaluateConfig
 from pipeline_tasks.data.cache import load_split_labels, open_images
 from pipeline_tasks.evaluation.compare import mcnemar
 from pipeline_tasks.evaluation.metrics import classification_metrics, confusion_matrix
-from pipeline_tasks.evaluation.plots import compare_scores, confusion_matrices, reliability_diagram
+from pipeline_tasks.evaluation.plots import (
+    compare_scores,
+    confusion_matrices,
+    per_class_accuracy,
+    reliability_diagram,
+    worst_misclassified,
+)
 from pipeline_tasks.evaluation.references import Split, best_of, reference_points
 from pipeline_tasks.finetune.subsets import load_label_budget
 from pipeline_tasks.models.classifier import load_classifier
@@ -64,8 +70,9 @@ def evaluate_classifier(
     on the same images. With ``references`` (the encoder and fine-tuning's ``labels.npz``), the
     reference points too (``evaluation.references``). Writes ``metrics_path`` (DVC metrics,
     ``extra`` merged in) and ``plots_dir/`` (``confusion_matrix.png``, ``reliability.png``,
-    ``baselines.png``, and ``predictions.csv``: per test image its sha256, true and predicted
-    class, and each baseline's)."""
+    ``baselines.png``, ``per_class_accuracy.png``, ``worst_misclassified.png``, and
+    ``predictions.csv``: per test image its sha256, true and predicted class, and each
+    baseline's)."""
     runtime = resolve_runtime(cfg.device, cfg.precision, "evaluate")
     probs, y_true, classes = score(preprocessed_dir, classifier_path, cfg.batch_size, runtime)
     y_pred = probs.argmax(1)
@@ -73,6 +80,7 @@ def evaluate_classifier(
     predictions = pd.DataFrame({"sha256": _test_shas(preprocessed_dir, len(y_true)),
                                 "actual": [classes[i] for i in y_true],
                                 "predicted": [classes[i] for i in y_pred]})
+    per_model = {"this model": y_pred}
     for name, path in (baselines or {}).items():
         base = score(preprocessed_dir, path, cfg.batch_size, runtime)[0].argmax(1)
         paired = mcnemar(y_pred == y_true, base == y_true)
@@ -80,12 +88,13 @@ def evaluate_classifier(
                         f"{LIFTS[name]}_points": round(paired.difference_points, 2),
                         f"{LIFTS[name]}_p_value": paired.p_value})
         predictions[f"{name}_predicted"] = [classes[i] for i in base]
+        per_model[name] = base
     if references is not None:
         metrics.update(reference_metrics(Path(preprocessed_dir), *references, runtime))
     metrics.update(extra or {})
     Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
     Path(metrics_path).write_text(json.dumps(metrics, indent=2) + "\n")
-    png = _plots(Path(plots_dir), probs, y_true, classes, metrics)
+    png = _plots(Path(plots_dir), probs, y_true, classes, metrics, per_model, Path(preprocessed_dir))
     predictions.to_csv(Path(plots_dir) / "predictions.csv", index=False)
     return EvaluateRecord(str(metrics_path), str(png), metrics["test_accuracy"], metrics["test_macro_f1"],
                           metrics.get("scratch_test_accuracy"), metrics.get("lift_points"),
@@ -117,6 +126,18 @@ def reference_metrics(preprocessed_dir: Path, encoder_path: Path, labels_path: P
     return out
 
 
+def _worst(preprocessed_dir: Path, probs: np.ndarray, y_true: np.ndarray, classes: list[str], path: Path,
+           n: int = 16) -> Path:
+    """The ``n`` test images the model got wrong with the highest confidence, as a grid."""
+    pred, conf = probs.argmax(1), probs.max(1)
+    wrong = np.flatnonzero(pred != y_true)
+    rows = wrong[np.argsort(-conf[wrong], kind="stable")][:n]
+    test = open_images(preprocessed_dir, "test")
+    images = np.stack([test[i] for i in rows]) if len(rows) else np.empty((0, *test.shape[1:]), np.uint8)
+    titles = [f"{classes[y_true[i]]} -> {classes[pred[i]]} ({conf[i]:.2f})" for i in rows]
+    return worst_misclassified(images, titles, path)
+
+
 def _test_shas(preprocessed_dir: str | Path, n: int) -> list[str]:
     """The test images' sha256, in cache order (``splits.csv``), or blanks without it."""
     path = Path(preprocessed_dir) / "splits.csv"
@@ -132,12 +153,14 @@ BASELINE_LABELS = {"pretrained_test_accuracy": "pretrained, no pool", "scratch_t
                    "encoder_test_accuracy": "frozen encoder"}
 
 
-def _plots(plots: Path, probs: np.ndarray, y_true: np.ndarray, classes: list[str],
-           metrics: dict[str, float]) -> Path:
+def _plots(plots: Path, probs: np.ndarray, y_true: np.ndarray, classes: list[str], metrics: dict[str, float],
+           per_model: dict[str, np.ndarray], preprocessed_dir: Path) -> Path:
     png = confusion_matrices(confusion_matrix(y_true, probs.argmax(1), len(classes)), classes,
                              plots / "confusion_matrix.png")
     reliability_diagram(probs, y_true, plots / "reliability.png")
     compare_scores({"this model": metrics["test_accuracy"],
                     **{label: metrics[key] for key, label in BASELINE_LABELS.items() if key in metrics}},
                    plots / "baselines.png")
+    per_class_accuracy(y_true, per_model, classes, plots / "per_class_accuracy.png")
+    _worst(preprocessed_dir, probs, y_true, classes, plots / "worst_misclassified.png")
     return png

@@ -118,3 +118,56 @@ def label_efficiency_chart(table: pd.DataFrame, path: Path, title: str) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)
+
+
+def validation_curves(curves: Mapping[str, Sequence[tuple[int, float]]], path: Path) -> Path:
+    """Validation accuracy against fine-tuning step, one line per model (``curves``: name ->
+    ``[(step, accuracy), ...]``), so the pretrained model and its baselines share one chart."""
+    fig, (ax,) = _figure(7, 4.5)
+    for name, points in curves.items():
+        if points:
+            steps, values = zip(*points, strict=True)
+            ax.plot(steps, values, marker=".", label=name)
+    ax.set(xlabel="fine-tuning step", ylabel="validation accuracy", ylim=(0, 1.02),
+           title="validation accuracy while fine-tuning (the best check is kept)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def per_class_accuracy(y_true: np.ndarray, predictions: Mapping[str, np.ndarray], classes: Sequence[str],
+                       path: Path) -> Path:
+    """Per class, the share of its test images each model gets right (recall, scikit-learn),
+    grouped bars: ``predictions`` name -> predicted class indices ``[N]``."""
+    from sklearn.metrics import recall_score  # noqa: PLC0415
+
+    k, n = len(classes), max(1, len(predictions))
+    fig, (ax,) = _figure(max(6.0, 0.5 * k * n + 2), 4.5)
+    width = 0.8 / n
+    for i, (name, pred) in enumerate(predictions.items()):
+        recall = recall_score(y_true, pred, labels=list(range(k)), average=None, zero_division=0)
+        ax.bar(np.arange(k) + (i - (n - 1) / 2) * width, recall, width, label=name)
+    ax.set_xticks(np.arange(k), list(classes), rotation=45 if k > 10 else 0)
+    ax.set(ylim=(0, 1.05), ylabel="accuracy within the class", title="per-class test accuracy")
+    ax.legend()
+    return _save(fig, path)
+
+
+def worst_misclassified(images: np.ndarray, titles: Sequence[str], path: Path, columns: int = 8) -> Path:
+    """A grid of test images the model got wrong, most confident first: ``images`` uint8
+    ``[N, C, H, W]``, each under its title ("true -> predicted (confidence)")."""
+    n = len(images)
+    cols = max(1, min(columns, n))
+    rows = max(1, -(-n // cols))
+    fig, _ = _figure(1.6 * cols, 1.7 * rows + 0.5)
+    fig.clear()
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k < n:
+            pixels = images[k].transpose(1, 2, 0)
+            ax.imshow(pixels[..., 0] if pixels.shape[2] == 1 else pixels, cmap="gray", vmin=0, vmax=255,
+                      interpolation="nearest")
+            ax.set_title(titles[k], fontsize=7)
+        ax.set_axis_off()
+    fig.suptitle("the most confident mistakes on the test split (true -> predicted)" if n else "no mistakes")
+    return _save(fig, path)

@@ -182,6 +182,19 @@ def starting_encoder(encoder_path: str | Path, mode: str, init_path: str | Path 
     return encoder
 
 
+def _train_network(encoder: ResNetEncoder, n_classes: int, mode: str, data: tuple[torch.Tensor, ...],
+                   cfg: FinetuneConfig, fabric: Fabric, log_metrics: LogMetrics) -> tuple[Classifier, _Fit]:
+    """Encoder and head trained together; a pretrained (or ``init``) encoder at
+    ``lr * encoder_lr_scale``, a scratch one at the head's ``lr``."""
+    model = Classifier(encoder, n_classes).to(fabric.device)
+    if fabric.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    scale = cfg.encoder_lr_scale if mode in ("full", "init") else 1.0
+    groups: list[dict[str, Any]] = [{"params": model.encoder.parameters(), "lr": cfg.lr * scale},
+                                    {"params": model.head.parameters()}]
+    return model, _fit(model, groups, data, cfg, fabric, FINETUNE_AUGMENT.get(cfg.augment), log_metrics)
+
+
 def finetune_classifier(
     preprocessed_dir: str | Path, encoder_path: str | Path, classes: tuple[str, ...],
     cfg: FinetuneConfig, out_dir: str | Path, log_metrics: LogMetrics = lambda metrics, step: None,
@@ -210,18 +223,11 @@ def finetune_classifier(
         encoder.requires_grad_(False)
         model, fit = _linear_probe(encoder, len(classes), data, cfg, fabric, runtime, log_metrics)
     else:
-        model = Classifier(encoder, len(classes)).to(device)
-        if device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-        scale = cfg.encoder_lr_scale if mode in ("full", "init") else 1.0
-        groups: list[dict[str, Any]] = [{"params": model.encoder.parameters(), "lr": cfg.lr * scale},
-                  {"params": model.head.parameters()}]
-        fit = _fit(model, groups, data, cfg, fabric, FINETUNE_AUGMENT.get(cfg.augment), log_metrics)
+        model, fit = _train_network(encoder, len(classes), mode, data, cfg, fabric, log_metrics)
     total, _ = step_budget(len(subset), cfg)
     log.info("finetune (%s): %d labeled + %d validation images, %d steps, best val_accuracy %.4f "
              "at step %d", mode, len(subset), len(val_subset), total, fit.accuracy, fit.step)
     path = Path(out_dir) / out_name
-    path.parent.mkdir(parents=True, exist_ok=True)
     save_classifier(model, classes, recipe(preprocessed_dir), path)
     return FinetuneRecord(str(path), mode, len(subset), len(val_subset), total, fit.accuracy, fit.step,
                           runtime.describe())

@@ -112,7 +112,10 @@ def test_mlflow_parent_run_with_a_nested_run_per_stage(first: dict[str, Any]) ->
     assert client.get_metric_history(finetune.info.run_id, "scratch_val_accuracy")  # the baseline
     artifacts = {a.path for a in client.list_artifacts(
         by_stage["evaluate"].info.run_id, "plots")}
-    assert "plots/confusion_matrix.png" in artifacts
+    assert {f"plots/{name}.png" for name in ("confusion_matrix", "per_class_accuracy", "worst_misclassified",
+                                             "reliability", "baselines")} <= artifacts
+    curves = {a.path for a in client.list_artifacts(finetune.info.run_id, "plots")}
+    assert curves == {"plots/validation_curves.png"}  # this model and scratch in one chart
 
 
 def test_champion_takes_files_and_arrays_of_any_size_and_mode(first: dict[str, Any], tiny_data: Path,

@@ -78,3 +78,28 @@ def test_pictures_are_matplotlib_with_full_class_names(captured: list[Any], tmp_
         with Image.open(tmp_path / f"{name}.png") as im:
             assert im.format == "PNG" and im.width > 200
     assert len(captured) == 5
+
+
+def test_per_class_accuracy_and_the_most_confident_mistakes(captured: list[Any], tmp_path: Path) -> None:
+    from pipeline_tasks.data.cache import save_split
+    from pipeline_tasks.evaluation.evaluate import _worst
+
+    pred = PROBS.argmax(1)  # right on 6 of 8; wrong on image 1 (0 -> 1, 0.5) and image 5 (2 -> 0, 0.6)
+    plots.per_class_accuracy(Y, {"this model": pred, "scratch": np.zeros_like(Y)}, ["a", "b", "c"],
+                             tmp_path / "per_class.png")
+    heights = [round(p.get_height(), 4) for p in captured[-1].axes[0].patches]
+    assert heights == [round(v, 4) for v in [2 / 3, 1.0, 2 / 3, 1.0, 0.0, 0.0]]  # recall per class, per model
+    images = np.arange(8, dtype=np.uint8)[:, None, None, None] * np.ones((1, 1, 4, 4), np.uint8)
+    save_split(tmp_path, "test", images, Y)
+    _worst(tmp_path, PROBS, Y, ["a", "b", "c"], tmp_path / "worst.png")
+    shown = [ax for ax in captured[-1].axes if ax.images]
+    assert [ax.get_title() for ax in shown] == ["c -> a (0.60)", "a -> b (0.50)"]  # most confident first
+    assert [int(ax.images[0].get_array()[0, 0]) for ax in shown] == [5, 1]  # and the right pictures
+
+
+def test_validation_curves_share_one_chart(captured: list[Any], tmp_path: Path) -> None:
+    plots.validation_curves({"full (this model)": [(10, 0.5), (20, 0.8)], "scratch": [(10, 0.3), (20, 0.6)]},
+                            tmp_path / "curves.png")
+    (ax,) = captured[-1].axes
+    assert [line.get_label() for line in ax.lines] == ["full (this model)", "scratch"]
+    assert list(ax.lines[1].get_ydata()) == [0.3, 0.6]
