@@ -79,7 +79,9 @@ STAGES: tuple[Stage, ...] = (
           ("evaluate",), ("pipeline_tasks.evaluation.evaluate",),
           _a("preprocessed", "pretrain", "finetune", "pool"), (),
           proof=_a("metrics.json", "plots/confusion_matrix.png", "plots/predictions.csv"),
-          metrics=_a("metrics.json"), plots=_a("plots/predictions.csv", "plots/confusion_matrix.png")),
+          metrics=_a("metrics.json"),
+          plots=_a("plots/predictions.csv", *(f"plots/{name}.png" for name in (
+              "confusion_matrix", "per_class_accuracy", "baselines", "reliability", "worst_misclassified")))),
     Stage("register", "register-model", "model registry: new version and the promotion gate's decision",
           ("register",), ("flows.registry", "flows.pyfunc_model"),
           _a("finetune", "pool", "preprocessed", "metrics.json"), (), untracked_outs=_a("registered.json")),
