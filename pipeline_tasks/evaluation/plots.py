@@ -83,6 +83,15 @@ def compare_scores(scores: Mapping[str, float], path: Path, metric: str = "test 
     return _save(fig, path)
 
 
+def _show(ax: Axes, image: np.ndarray) -> None:
+    """One uint8 ``[C, H, W]`` image (grey or RGB) at its own pixels, without ticks."""
+    pixels = image.transpose(1, 2, 0)
+    ax.imshow(pixels[..., 0] if pixels.shape[2] == 1 else pixels, cmap="gray", vmin=0, vmax=255,
+              interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def view_grid(rows: np.ndarray, path: Path, row_labels: Sequence[str] | None = None) -> Path:
     """Augmentation preview: ``rows`` uint8 ``[N, 3, C, H, W]`` (an image, then its two views),
     one row per image, labelled with ``row_labels`` when given."""
@@ -93,11 +102,7 @@ def view_grid(rows: np.ndarray, path: Path, row_labels: Sequence[str] | None = N
     for i, row in enumerate(rows):
         for j, (image, title) in enumerate(zip(row, ("image", "view 1", "view 2"), strict=True)):
             ax = axes[i][j]
-            pixels = image.transpose(1, 2, 0)
-            ax.imshow(pixels[..., 0] if pixels.shape[2] == 1 else pixels, cmap="gray", vmin=0, vmax=255,
-                      interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
+            _show(ax, image)
             if i == 0:
                 ax.set_title(title)
         if row_labels is not None:
@@ -117,4 +122,23 @@ def label_efficiency_chart(table: pd.DataFrame, path: Path, title: str) -> Path:
     ax.set(xlabel="training labels", ylabel="test accuracy (mean over seeds)", title=title)
     ax.grid(alpha=0.3)
     ax.legend()
+    return _save(fig, path)
+
+
+def suggestion_sheet(images: np.ndarray, titles: Sequence[str], path: Path, columns: int = 10) -> Path:
+    """A contact sheet: ``images`` uint8 ``[N, C, H, W]`` in rows of ``columns``, each under its
+    title (the images to label, with their rank and cluster size)."""
+    n = len(images)
+    cols = max(1, min(columns, n))
+    rows = max(1, -(-n // cols))
+    fig, _ = _figure(1.5 * cols, 1.6 * rows + 0.4)
+    fig.clear()
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k < n:
+            _show(ax, images[k])
+            ax.set_title(titles[k], fontsize=7)
+        else:
+            ax.set_axis_off()
+    fig.suptitle(f"{n} images to label, most typical first")
     return _save(fig, path)

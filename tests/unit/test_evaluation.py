@@ -78,3 +78,13 @@ def test_pictures_are_matplotlib_with_full_class_names(captured: list[Any], tmp_
         with Image.open(tmp_path / f"{name}.png") as im:
             assert im.format == "PNG" and im.width > 200
     assert len(captured) == 5
+
+
+def test_the_contact_sheet_shows_every_image_under_its_title(captured: list[Any], tmp_path: Path) -> None:
+    images = np.random.default_rng(0).integers(0, 255, (13, 3, 8, 8), dtype=np.uint8)
+    titles = [f"#{i + 1} (cluster of {20 - i})" for i in range(13)]
+    plots.suggestion_sheet(images, titles, tmp_path / "sheet.png")
+    shown = [ax for ax in captured[-1].axes if ax.images]
+    assert len(shown) == 13 and [ax.get_title() for ax in shown] == titles  # 2 rows of 10, in rank order
+    with Image.open(tmp_path / "sheet.png") as im:
+        assert im.format == "PNG" and im.width > 200
