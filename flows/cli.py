@@ -103,6 +103,22 @@ def _data_parsers(data: argparse.ArgumentParser) -> None:
                                 "then `dvc add`")
     pool.add_argument("path", help="source folder; every image under it is copied (never moved)")
     pool.add_argument("--out", default="unlabeled", help="destination folder (default: unlabeled)")
+    _suggest_parser(dsub.add_parser(
+        "suggest-labels", help="pick N pool images worth labelling (the most typical image of each of N "
+                               "k-means clusters of the encoder's embeddings) and copy them to --out"))
+
+
+def _suggest_parser(suggest: argparse.ArgumentParser) -> None:
+    suggest.add_argument("n", type=_positive, metavar="N", help="how many images to label")
+    suggest.add_argument("--pool", default=None, metavar="DIR",
+                         help="the unlabeled images, any layout (default: data.unlabeled_dir)")
+    suggest.add_argument("--encoder", default="artifacts/pretrain/encoder.pt", metavar="PATH",
+                         help="the pretrained encoder (default: artifacts/pretrain/encoder.pt)")
+    suggest.add_argument("--out", default="to_label",
+                         help="where the copies, suggestions.csv and contact_sheet.png go; absent or empty "
+                              "(default: to_label)")
+    suggest.add_argument("--seed", type=int, default=0, help="k-means seed (default: 0)")
+    _params_arg(suggest)
 
 
 def _serve_parser(serve: argparse.ArgumentParser) -> None:

@@ -19,12 +19,15 @@ from flows.dvc import (
 from flows.errors import UserError, print_summary
 from flows.tracking import TrackingError, lineage_tags, setup_tracking
 from pipeline_tasks.config import ConfigError, PipelineConfig, load_config
+from pipeline_tasks.data.cache import recipe
 from pipeline_tasks.data.datasets import UNLABELED, write_builtin
 from pipeline_tasks.data.decode import REFUSED, REFUSED_FIX
 from pipeline_tasks.data.errors import DataError, DatasetError
 from pipeline_tasks.data.idx import find_idx_pairs, import_idx
 from pipeline_tasks.data.importers import IMAGE_SUFFIXES, import_folder, import_unlabeled
 from pipeline_tasks.data.listing import list_images, list_pool
+from pipeline_tasks.finetune.suggest import check_paths, suggest_labels
+from pipeline_tasks.runtime import resolve_runtime
 from pipeline_tasks.ssl import distributed
 
 
@@ -123,6 +126,8 @@ def _import(args: argparse.Namespace) -> dict[str, int]:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    if args.data_command == "suggest-labels":
+        return cmd_suggest(args)
     try:
         counts = _import(args)
     except DatasetError as exc:
@@ -143,6 +148,43 @@ def cmd_data(args: argparse.Namespace) -> int:
                 print(f"DVC: recorded {folder} in {folder}.dvc")
             except DvcError as exc:
                 raise UserError(f"{exc}; the images are in {folder}, run `dvc add {folder}` by hand") from exc
+    return 0
+
+
+def _recipe(cfg: PipelineConfig) -> tuple[int, str, str]:
+    """``(image_size, resize, where they come from)``: the preprocessed cache's recipe (what the
+    encoder was trained on) when there is one, else params.yaml's data section."""
+    from flows.stages import ArtifactPaths  # noqa: PLC0415 - imports mlflow
+
+    pre = ArtifactPaths().preprocessed
+    if (pre / "splits.json").is_file():
+        found = recipe(pre)
+        return int(found["image_size"]), str(found["resize"]), str(pre / "splits.json")
+    return cfg.data.image_size, cfg.data.resize, "params.yaml's data section"
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    pool = args.pool or cfg.data.unlabeled_dir
+    if not pool:
+        raise UserError("no pool to pick from: pass --pool DIR or set data.unlabeled_dir", code=2)
+    try:
+        check_paths(args.encoder, pool, args.out)
+        size, resize, source = _recipe(cfg)
+        runtime = resolve_runtime(cfg.evaluate.device, cfg.evaluate.precision, "evaluate")
+        rec = suggest_labels(pool, args.encoder, args.n, args.out, size, resize, args.seed, runtime.device,
+                             cfg.evaluate.batch_size, runtime.dtype)
+    except (DataError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+    print(f"embedded {rec.n_embedded} images of {pool}/ with {args.encoder} ({size} px, {resize}: {source})")
+    if rec.left_out:
+        print(f"left out {len(rec.left_out)} files of the pool: {'; '.join(rec.left_out[:3])}"
+              + (" ..." if len(rec.left_out) > 3 else ""))
+    print(f"wrote {rec.out_dir}/: {rec.n_suggested} images to label (copies; {pool}/ is unchanged), "
+          f"{Path(rec.csv_path).name} (rank, pool path, cluster, cluster size, distance to centre) and "
+          f"{Path(rec.sheet_path).name}")
+    print(f"next: move each image in {rec.out_dir}/ into {cfg.data.dir}/<class>/ (its class folder), "
+          "then `pretrainflow run`")
     return 0
 
 

@@ -83,6 +83,15 @@ def compare_scores(scores: Mapping[str, float], path: Path, metric: str = "test 
     return _save(fig, path)
 
 
+def _show(ax: Axes, image: np.ndarray) -> None:
+    """One uint8 ``[C, H, W]`` image (grey or RGB) at its own pixels, without ticks."""
+    pixels = image.transpose(1, 2, 0)
+    ax.imshow(pixels[..., 0] if pixels.shape[2] == 1 else pixels, cmap="gray", vmin=0, vmax=255,
+              interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def view_grid(rows: np.ndarray, path: Path, row_labels: Sequence[str] | None = None) -> Path:
     """Augmentation preview: ``rows`` uint8 ``[N, 3, C, H, W]`` (an image, then its two views),
     one row per image, labelled with ``row_labels`` when given."""
@@ -93,11 +102,7 @@ def view_grid(rows: np.ndarray, path: Path, row_labels: Sequence[str] | None = N
     for i, row in enumerate(rows):
         for j, (image, title) in enumerate(zip(row, ("image", "view 1", "view 2"), strict=True)):
             ax = axes[i][j]
-            pixels = image.transpose(1, 2, 0)
-            ax.imshow(pixels[..., 0] if pixels.shape[2] == 1 else pixels, cmap="gray", vmin=0, vmax=255,
-                      interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
+            _show(ax, image)
             if i == 0:
                 ax.set_title(title)
         if row_labels is not None:
@@ -153,9 +158,8 @@ def per_class_accuracy(y_true: np.ndarray, predictions: Mapping[str, np.ndarray]
     return _save(fig, path)
 
 
-def worst_misclassified(images: np.ndarray, titles: Sequence[str], path: Path, columns: int = 8) -> Path:
-    """A grid of test images the model got wrong, most confident first: ``images`` uint8
-    ``[N, C, H, W]``, each under its title ("true -> predicted (confidence)")."""
+def _image_grid(images: np.ndarray, titles: Sequence[str], path: Path, columns: int, title: str) -> Path:
+    """``images`` uint8 ``[N, C, H, W]`` in rows of ``columns``, each under its title."""
     n = len(images)
     cols = max(1, min(columns, n))
     rows = max(1, -(-n // cols))
@@ -164,10 +168,23 @@ def worst_misclassified(images: np.ndarray, titles: Sequence[str], path: Path, c
     axes = fig.subplots(rows, cols, squeeze=False)
     for k, ax in enumerate(axes.flat):
         if k < n:
-            pixels = images[k].transpose(1, 2, 0)
-            ax.imshow(pixels[..., 0] if pixels.shape[2] == 1 else pixels, cmap="gray", vmin=0, vmax=255,
-                      interpolation="nearest")
+            _show(ax, images[k])
             ax.set_title(titles[k], fontsize=7)
-        ax.set_axis_off()
-    fig.suptitle("the most confident mistakes on the test split (true -> predicted)" if n else "no mistakes")
+        else:
+            ax.set_axis_off()
+    fig.suptitle(title)
     return _save(fig, path)
+
+
+def worst_misclassified(images: np.ndarray, titles: Sequence[str], path: Path, columns: int = 8) -> Path:
+    """A grid of test images the model got wrong, most confident first: ``images`` uint8
+    ``[N, C, H, W]``, each under its title ("true -> predicted (confidence)")."""
+    return _image_grid(images, titles, path, columns,
+                       "the most confident mistakes on the test split (true -> predicted)" if len(images)
+                       else "no mistakes")
+
+
+def suggestion_sheet(images: np.ndarray, titles: Sequence[str], path: Path, columns: int = 10) -> Path:
+    """A contact sheet: ``images`` uint8 ``[N, C, H, W]`` in rows of ``columns``, each under its
+    title (the images to label, with their rank and cluster size)."""
+    return _image_grid(images, titles, path, columns, f"{len(images)} images to label, most typical first")

@@ -103,3 +103,13 @@ def test_validation_curves_share_one_chart(captured: list[Any], tmp_path: Path) 
     (ax,) = captured[-1].axes
     assert [line.get_label() for line in ax.lines] == ["full (this model)", "scratch"]
     assert list(ax.lines[1].get_ydata()) == [0.3, 0.6]
+
+
+def test_the_contact_sheet_shows_every_image_under_its_title(captured: list[Any], tmp_path: Path) -> None:
+    images = np.random.default_rng(0).integers(0, 255, (13, 3, 8, 8), dtype=np.uint8)
+    titles = [f"#{i + 1} (cluster of {20 - i})" for i in range(13)]
+    plots.suggestion_sheet(images, titles, tmp_path / "sheet.png")
+    shown = [ax for ax in captured[-1].axes if ax.images]
+    assert len(shown) == 13 and [ax.get_title() for ax in shown] == titles  # 2 rows of 10, in rank order
+    with Image.open(tmp_path / "sheet.png") as im:
+        assert im.format == "PNG" and im.width > 200
