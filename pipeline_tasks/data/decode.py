@@ -16,6 +16,8 @@ The rules, in order:
    conversion; palette, YCbCr, LAB and HSV to RGB; transparency (RGBA, LA, palette with a
    transparent colour) flattened onto white.
 4. To the model's input (``prepare_image``): L or RGB by ``channels``, then square by ``resize``.
+   A JPEG decoded for a known input size is read at the smallest DCT scale that still holds it
+   (``draft_size``; before rules 1-3, which then apply unchanged).
 
 Untrusted input (a served model, ``data.inputs``) adds two guards, both off by default here:
 ``max_pixels`` refuses an image from its header (``Image.open`` is lazy) or an array from its
@@ -156,10 +158,30 @@ def from_array(pixels: Any, max_pixels: int | None = None) -> Image.Image:
                       "[H, W, 3] or [H, W, 4]")
 
 
-def normalise(im: Image.Image) -> Image.Image:
-    """An opened file's first frame, upright, in 8-bit L or RGB (rules 1-3). Reads the pixels."""
+def draft_size(width: int, height: int, size: int, resize: str) -> tuple[int, int]:
+    """The smallest ``(width, height)`` a ``width x height`` image may shrink to before
+    ``prepare_image`` makes it ``size`` square by ``resize`` without upsampling: ``crop`` and
+    ``squash`` need both sides at least ``size``, ``pad`` only the longer side (the shorter one
+    in proportion). The same in the stored and the upright orientation."""
+    if resize != "pad":
+        return size, size
+    longer = max(width, height, 1)
+    return max(1, -(-width * size // longer)), max(1, -(-height * size // longer))
+
+
+def normalise(im: Image.Image, min_size: tuple[int, int] | None = None) -> Image.Image:
+    """An opened file's first frame, upright, in 8-bit L or RGB (rules 1-3). Reads the pixels.
+
+    ``min_size``: ``(width, height)`` in the stored orientation that the caller needs at least
+    (``draft_size``). A JPEG then decodes at the smallest DCT scale (1/2, 1/4 or 1/8) that keeps
+    both sides at least that (Pillow's ``Image.draft``: libjpeg's scaled IDCT keeps each 8x8
+    block's lowest frequencies, a low-pass downscale that skips most of the IDCT and colour work;
+    ``bench/photo_scale.py`` measures it). Other formats decode in full. The draft is set before
+    the pixels are read and before EXIF orientation, so rules 1-3 apply unchanged."""
     if getattr(im, "n_frames", 1) > 1:
         im.seek(0)
+    if min_size is not None:
+        im.draft(im.mode, min_size)  # a no-op for every format but JPEG
     im = ImageOps.exif_transpose(im)
     if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F") or im.mode.startswith("I;"):
         return Image.fromarray(to_uint8(np.asarray(im)), "L")
@@ -196,25 +218,31 @@ def open_file(source: str | Path | bytes | BinaryIO, name: str = "",
     return im
 
 
-def decode(cell: Any, *, allow_paths: bool = True, max_pixels: int | None = None) -> Image.Image:
+Target = tuple[int, str]  # (size, resize): the model input an image is decoded for
+
+
+def decode(cell: Any, *, allow_paths: bool = True, max_pixels: int | None = None,
+           target: Target | None = None) -> Image.Image:
     """Any input container -> an 8-bit L or RGB image: a path (when ``allow_paths``), raw file
     bytes, base64 text of a file, or a pixel array. ``DecodeError`` says which and why:
     ``PathRefusedError`` for a path-looking text or a ``Path`` without ``allow_paths`` (decided
-    from the text alone, never from the file system), ``PixelLimitError`` over ``max_pixels``."""
+    from the text alone, never from the file system), ``PixelLimitError`` over ``max_pixels``.
+    ``target``: ``(size, resize)`` of the ``prepare_image`` call that follows; a JPEG file is
+    then decoded no larger than that needs (``draft_size``, ``normalise``)."""
     if isinstance(cell, str | Path) and allow_paths and os.path.isfile(cell):  # False for long text
         with open_file(cell, max_pixels=max_pixels) as im:
-            return _decoded(im, str(cell))
+            return _decoded(im, str(cell), target)
     if isinstance(cell, bytes):
         with open_file(cell, "the file", max_pixels) as im:
-            return _decoded(im, "the file")
+            return _decoded(im, "the file", target)
     if isinstance(cell, Path):
         raise DecodeError(f"{cell}: no such file") if allow_paths else PathRefusedError("a file path")
     if isinstance(cell, str):
-        return _from_base64(cell, allow_paths, max_pixels)
+        return _from_base64(cell, allow_paths, max_pixels, target)
     return from_array(cell, max_pixels)
 
 
-def _from_base64(text: str, allow_paths: bool, max_pixels: int | None) -> Image.Image:
+def _from_base64(text: str, allow_paths: bool, max_pixels: int | None, target: Target | None) -> Image.Image:
     """Base64 text of an image file -> the image. Text that is not base64 and has a path's
     characters (``/``, ``\\``, ``.``, ``~``) is a ``PathRefusedError`` without ``allow_paths``."""
     try:
@@ -226,12 +254,12 @@ def _from_base64(text: str, allow_paths: bool, max_pixels: int | None) -> Image.
             raise PathRefusedError("not base64 and looks like a file path") from exc
         raise DecodeError("text that is not base64 (send an image file base64-encoded)") from exc
     with open_file(raw, "base64 text", max_pixels) as im:
-        return _decoded(im, "base64 text")
+        return _decoded(im, "base64 text", target)
 
 
-def _decoded(im: Image.Image, label: str) -> Image.Image:
+def _decoded(im: Image.Image, label: str, target: Target | None = None) -> Image.Image:
     try:
-        return normalise(im)
+        return normalise(im, draft_size(im.width, im.height, *target) if target else None)
     except Image.DecompressionBombError as exc:  # a later frame over Pillow's limit
         raise PixelLimitError(f"over Pillow's decompression-bomb limit ({exc})", None) from exc
     except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt pixel data
@@ -255,6 +283,8 @@ def prepare_image(im: Image.Image, size: int, channels: int, resize: str = "crop
 
 
 def load_image(path: Path | BinaryIO, size: int, channels: int, resize: str = "crop") -> np.ndarray:
-    """Decode one file to the model's input ``uint8 [C, size, size]`` (rules 1-4)."""
-    return prepare_image(decode(path) if isinstance(path, Path) else _decoded(open_file(path), "image"),
-                         size, channels, resize)
+    """Decode one file to the model's input ``uint8 [C, size, size]`` (rules 1-4), a JPEG at
+    the smallest DCT scale that still holds ``size`` (``normalise``)."""
+    target = (size, resize)
+    im = decode(path, target=target) if isinstance(path, Path) else _decoded(open_file(path), "image", target)
+    return prepare_image(im, size, channels, resize)

@@ -107,7 +107,8 @@ def prepare_rows(model_input: Any, size: int, channels: int, resize: str,
     arrays, rows, errors = [], [], []
     for i, cell in enumerate(image_cells(model_input)):
         try:
-            im = decode(cell, allow_paths=policy.allow_paths, max_pixels=policy.max_pixels)
+            im = decode(cell, allow_paths=policy.allow_paths, max_pixels=policy.max_pixels,
+                        target=(size, resize))  # a JPEG drafted exactly as in training
             arrays.append(prepare_image(im, size, channels, resize))
         except Exception as exc:  # anything a cell can raise: one bad row must not fail the batch
             errors.append(f"row {i}: {reason(exc)}")
