@@ -142,6 +142,9 @@ def main() -> None:
     parser.add_argument("--methods", default="random,suggested",
                         help="random (stratified: the same number per class), random-any (any class: what a "
                              "user without labels gets), suggested (default: random,suggested)")
+    parser.add_argument("--encoder", type=Path, default=None,
+                        help="an encoder already pretrained on this split's training images (e.g. by "
+                             "bench/label_efficiency.py --data mnist-5k --work DIR: DIR/pretrain/encoder.pt)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
@@ -152,19 +155,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         splits = prepare(work / "base")
-        rec = pretrain_encoder(work / "base", pretrain_cfg, work / "pretrain")
-        print(f"pretrained {pretrain_cfg.epochs} epochs on {rec.n_images} images in "
-              f"{time.perf_counter() - start:.0f} s (k-NN val accuracy {rec.knn_accuracy:.3f})", flush=True)
+        encoder = args.encoder
+        if encoder is None:
+            rec = pretrain_encoder(work / "base", pretrain_cfg, work / "pretrain")
+            encoder = Path(rec.encoder_path)
+            print(f"pretrained {pretrain_cfg.epochs} epochs on {rec.n_images} images in "
+                  f"{time.perf_counter() - start:.0f} s (k-NN val accuracy {rec.knn_accuracy:.3f})",
+                  flush=True)
         budgets, seeds = ([int(v) for v in text.split(",")] for text in (args.per_class, args.seeds))
         methods = args.methods.split(",")
-        runs = sweep(splits, Path(rec.encoder_path), cfg.finetune, budgets, seeds, methods, work)
+        runs = sweep(splits, encoder, cfg.finetune, budgets, seeds, methods, work)
     table = summarize(runs)
     runs.to_csv(args.out / "label_selection_runs.csv", index=False)
     table.to_csv(args.out / "label_selection.csv", index=False)
+    source = f"{pretrain_cfg.epochs} SimCLR epochs" if args.encoder is None else str(args.encoder)
     chart = runs.groupby(["method", "labels"])["test_accuracy"].agg(["mean", "std"]).reset_index()
     label_efficiency_chart(chart.rename(columns={"method": "mode", "labels": "train_labels"}),
                            args.out / "label_selection.png",
-                           f"mnist-5k: random against suggested labels ({pretrain_cfg.epochs} SimCLR epochs)")
+                           f"mnist-5k: random against suggested labels ({source})")
     report(table, methods, time.perf_counter() - start)
     print(f"wrote {args.out / 'label_selection.csv'}, label_selection_runs.csv and label_selection.png")
 

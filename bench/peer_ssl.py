@@ -2,7 +2,7 @@
 encoder and the same wall-clock budget: views/s, and the k-NN and linear-probe accuracy of both
 encoders with the same labels (chosen on validation, scored on test).
 
-    pip install lightly            # bench-only: lightly is not a dependency of the pipeline
+    pip install -e '.[bench]'      # lightly: bench-only, not a dependency of the pipeline
     python bench/peer_ssl.py                       # mnist-5k, 240 s each
     python bench/peer_ssl.py --data fashion --seconds 600
 

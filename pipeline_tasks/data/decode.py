@@ -176,7 +176,7 @@ def normalise(im: Image.Image, min_size: tuple[int, int] | None = None) -> Image
     (``draft_size``). A JPEG then decodes at the smallest DCT scale (1/2, 1/4 or 1/8) that keeps
     both sides at least that (Pillow's ``Image.draft``: libjpeg's scaled IDCT keeps each 8x8
     block's lowest frequencies, a low-pass downscale that skips most of the IDCT and colour work;
-    ``bench/photo_scale.py`` measures it). Other formats decode in full. The draft is set before
+    ``bench/photo_decode.py`` measures it). Other formats decode in full. The draft is set before
     the pixels are read and before EXIF orientation, so rules 1-3 apply unchanged."""
     if getattr(im, "n_frames", 1) > 1:
         im.seek(0)

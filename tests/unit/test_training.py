@@ -140,6 +140,24 @@ def test_the_pool_stage_learns_from_unlabeled_images(digits: tuple[PreprocessRec
     assert changed == (rec.best_step > 0)  # the stage's best model is what it saved
 
 
+def test_of_equal_validation_checks_the_pool_stage_keeps_the_later(
+        digits: tuple[PreprocessRecord, str], tiny_cfg: PipelineConfig, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 100-image validation split ties often; the later check has seen more of the pool."""
+    from pipeline_tasks.finetune import pool
+    from pipeline_tasks.finetune.subsets import LABELS
+
+    pre, encoder = digits
+    cfg = tiny_cfg.finetune.model_copy(update={"label_fraction": 2 / 42, "min_steps": 20, "val_per_class": 6})
+    start = finetune_classifier(pre.out_dir, encoder, pre.classes, cfg, tmp_path)
+    monkeypatch.setattr(pool, "_val_accuracy", lambda *args: 0.5)  # every check ties with the start
+    pool_cfg = tiny_cfg.pool.model_copy(update={"method": "fixmatch", "steps": 6, "checks": 3,
+                                                "unlabeled_batch": 16})
+    rec = pool.learn_from_pool(pre.out_dir, start.classifier_path, pool_cfg, tmp_path / LABELS,
+                               tmp_path / "pool.pt", lambda m, step: None)
+    assert rec.best_step == 6
+
+
 def test_reference_points_are_fitted_on_the_labels_and_chosen_on_validation() -> None:
     from pipeline_tasks.evaluation.references import Split, best_of, reference_points
 
