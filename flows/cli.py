@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 from flows import graph
 from flows.errors import UserError
+from pipeline_tasks.recipes import PRESETS
 
 # Before prefect is imported: no analytics calls offline, and the stages' epoch logs shown.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -24,8 +25,22 @@ os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline_tasks")
 
 def _params_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="a recipe of settings over the params file (each --set still wins); photos: "
+                        + " ".join(PRESETS["photos"]))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one param, e.g. --set pretrain.epochs=2 (repeatable)")
+    p.add_argument("--allow-download", action="store_true",
+                   help="fetch a pretrain.init torchvision:NAME missing from torch.hub's cache "
+                        "(= --set pretrain.allow_download=true)")
+
+
+def _expand(args: argparse.Namespace) -> None:
+    """--preset and --allow-download as the overrides they stand for: the preset's first, then
+    each --set, then the download switch; the flow, the stages and MLflow see only overrides."""
+    if hasattr(args, "overrides"):
+        args.overrides = [*PRESETS.get(args.preset or "", ()), *args.overrides,
+                          *(["pretrain.allow_download=true"] if args.allow_download else [])]
 
 
 def _positive(text: str) -> int:
@@ -153,6 +168,7 @@ def _handler(command: str) -> Callable[[argparse.Namespace], int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _expand(args)
     logging.getLogger("pipeline_tasks").setLevel(logging.INFO)  # epoch lines in Prefect's log
     try:
         return _handler(args.command)(args)

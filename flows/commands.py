@@ -27,8 +27,11 @@ from pipeline_tasks.data.idx import find_idx_pairs, import_idx
 from pipeline_tasks.data.importers import IMAGE_SUFFIXES, import_folder, import_unlabeled
 from pipeline_tasks.data.listing import list_images, list_pool
 from pipeline_tasks.finetune.suggest import check_paths, suggest_labels
+from pipeline_tasks.models.hub import check_init
 from pipeline_tasks.runtime import resolve_runtime
 from pipeline_tasks.ssl import distributed
+
+INIT_STAGES = ("pretrain", "finetune")  # the stages that read pretrain.init
 
 
 def _config(args: argparse.Namespace, data_dir: str | None = None) -> PipelineConfig:
@@ -39,10 +42,16 @@ def _config(args: argparse.Namespace, data_dir: str | None = None) -> PipelineCo
         raise UserError(str(exc), code=2) from exc
 
 
-def _preflight(cfg: PipelineConfig) -> str:
-    """Cheap checks before Prefect starts: the data folders and the tracking store. Under
-    torchrun only rank 0 talks to MLflow (the others would race to create the experiment)."""
+def _preflight(cfg: PipelineConfig, needs_init: bool = True) -> str:
+    """Cheap checks before Prefect starts: standard weights by name (cached, or allowed to be
+    fetched; when the stages to run read them, ``needs_init``), the data folders and the
+    tracking store. Under torchrun only rank 0 talks to MLflow (the others would race to
+    create the experiment)."""
     main = distributed.current().is_main
+    try:
+        check_init(cfg.pretrain.init if needs_init else None, cfg.pretrain.allow_download)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
     try:
         list_images(cfg.data.dir)
         if cfg.data.unlabeled_dir:
@@ -84,7 +93,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     from flows.stages import RUNNERS  # noqa: PLC0415
 
     cfg = _config(args)
-    experiment_id = _preflight(cfg)
+    experiment_id = _preflight(cfg, needs_init=args.name in INIT_STAGES)
     tags = lineage_tags(cfg.data.dir, cfg.data.unlabeled_dir)
     ctx = RunContext(experiment_id, None, {**tags, "runner": "pretrainflow stage"})
     try:

@@ -30,6 +30,7 @@ from pipeline_tasks.evaluation.plots import validation_curves
 from pipeline_tasks.finetune.pool import PoolRecord, learn_from_pool
 from pipeline_tasks.finetune.subsets import LABELS
 from pipeline_tasks.finetune.train import FinetuneRecord, finetune_classifier
+from pipeline_tasks.models.hub import resolve_init
 from pipeline_tasks.ssl import distributed
 from pipeline_tasks.ssl.trainer import PretrainRecord, pretrain_encoder
 
@@ -131,9 +132,14 @@ def run_pretrain(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> 
 
 
 def _init_weights(cfg: PipelineConfig) -> str | None:
-    """``pretrain.init`` as a local file (a registered encoder is downloaded from MLflow)."""
+    """``pretrain.init`` as a local file: a registered encoder is downloaded from MLflow, a
+    ``torchvision:`` name is torch.hub's file for it (fetched only with ``pretrain.allow_download``;
+    otherwise a missing file is a ``ValueError`` naming the file and its URL)."""
     init = cfg.pretrain.init
-    return str(download_encoder(init)) if init and init.startswith("models:/") else init
+    if init and init.startswith("models:/"):
+        return str(download_encoder(init))
+    path = resolve_init(init, cfg.pretrain.allow_download)
+    return None if path is None else str(path)
 
 
 def run_finetune(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> FinetuneRecord:

@@ -12,7 +12,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from pipeline_tasks.ssl.config import PretrainConfig
 
 
 class ConfigError(ValueError):
@@ -28,12 +38,24 @@ class DataConfig(_Section):
     # Images without labels, in any folder layout, used only for pretraining (None: no pool).
     unlabeled_dir: str | None = None
     image_size: int = Field(28, ge=8, le=1024)
+    # The training views' source: train and pool images also cached at this size, the random
+    # crops cut from it and resized to image_size (None: image_size; never smaller).
+    cache_size: int | None = Field(None, ge=8, le=2048)
     channels: Literal[1, 3] = 1
     # To a square: crop (shorter side to image_size, centre crop), pad (longer side, black
     # borders) or squash (both sides, aspect ratio lost).
     resize: Literal["crop", "pad", "squash"] = "crop"
     # Keep at most N images per class (quick runs on big folders); None keeps all.
     limit_per_class: int | None = Field(None, ge=1)
+
+    @field_validator("cache_size")
+    @classmethod
+    def _cache_holds_the_training_size(cls, value: int | None, info: ValidationInfo) -> int | None:
+        size = info.data.get("image_size")
+        if value is not None and size is not None and value < size:
+            raise ValueError(f"data.cache_size {value} is smaller than data.image_size {size}: the cache "
+                             f"must hold the training size; set data.cache_size to {size} or more, or null")
+        return value
 
 
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
@@ -72,63 +94,6 @@ class PreprocessConfig(_Section):
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
     seed: int = 42
-
-
-AUGMENT_OPS = ("crop_scale_min", "rotation_degrees", "hflip_prob", "jitter_prob", "brightness", "contrast",
-               "saturation", "hue", "grayscale_prob", "blur_prob", "solarize_prob", "noise_std", "erase_prob")
-
-
-class PretrainConfig(_Section):
-    method: Literal["simclr", "byol", "vicreg"] = "simclr"
-    # compact: the width-multiplier ResNet for small images on a CPU; resnet18/34/50: torchvision's
-    encoder: Literal["compact", "resnet18", "resnet34", "resnet50"] = "compact"
-    base_width: int = Field(16, ge=4)  # compact only
-    small_stem: bool = True  # torchvision ResNets: 3x3 stride-1 stem, no max-pool (images < ~96 px)
-    # Start from weights instead of random: a local torchvision-format state dict (.pt/.pth) or a
-    # registered encoder, models:/pretrainflow-encoder/3 or models:/pretrainflow-encoder/latest.
-    init: str | None = None
-    epochs: int = Field(40, ge=1)
-    batch_size: int = Field(256, ge=4)  # global, over all ranks
-    optimizer: Literal["adamw", "sgd", "lars"] = "adamw"
-    lr: float = Field(2e-3, gt=0)  # at batch 256; the run uses lr * batch_size / 256
-    weight_decay: float = Field(1e-4, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)  # sgd and lars
-    warmup_epochs: int = Field(1, ge=0)
-    temperature: float = Field(0.5, gt=0)  # simclr
-    projection_dim: int = Field(128, ge=8)
-    target_momentum: float = Field(0.99, ge=0, lt=1)  # byol: EMA of the target, cosine to 1
-    vicreg_weights: tuple[float, float, float] = (25.0, 25.0, 1.0)  # invariance, variance, covariance
-    # auto: bf16 on GPUs with native bf16, fp16 with a gradient scaler on older GPUs, fp32 on CPU
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    compile: bool = False  # torch.compile the encoder (CUDA)
-    # Augmentation: a preset, then any op set here (None keeps the preset's value).
-    augment: Literal["digits", "simclr", "byol"] = "digits"
-    crop_scale_min: float | None = Field(None, gt=0, le=1)
-    rotation_degrees: float | None = Field(None, ge=0, le=180)
-    hflip_prob: float | None = Field(None, ge=0, le=1)
-    jitter_prob: float | None = Field(None, ge=0, le=1)
-    brightness: float | None = Field(None, ge=0)
-    contrast: float | None = Field(None, ge=0)
-    saturation: float | None = Field(None, ge=0)
-    hue: float | None = Field(None, ge=0, le=0.5)
-    grayscale_prob: float | None = Field(None, ge=0, le=1)
-    blur_prob: float | None = Field(None, ge=0, le=1)
-    solarize_prob: float | None = Field(None, ge=0, le=1)
-    noise_std: float | None = Field(None, ge=0)
-    erase_prob: float | None = Field(None, ge=0, le=1)
-    # Checkpoints (atomic) every epoch and every N steps; resume: auto continues the last one.
-    checkpoint_every_steps: int | None = Field(None, ge=1)
-    resume: Literal["auto", "never"] = "auto"
-    knn_every_epochs: int = Field(5, ge=0)  # knn_accuracy_all_labels (0: at the end only)
-    # Stop when the per-dimension std of L2-normalised embeddings falls under this share of the
-    # 1/sqrt(dim) a spread-out embedding has (0 turns the check off).
-    collapse_threshold: float = Field(0.05, ge=0, lt=1)
-    log_every_steps: int = Field(50, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 0
-
-    def augment_overrides(self) -> dict[str, float | None]:
-        return {name: getattr(self, name) for name in AUGMENT_OPS}
 
 
 class FinetuneConfig(_Section):
@@ -295,5 +260,6 @@ def _describe(exc: ValidationError, path: str | Path | None) -> str:
         if err["type"] == "extra_forbidden":
             lines.append(f"unknown key {key!r}: check its spelling against params.yaml")
         else:
-            lines.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+            got = err.get("input")  # a section or the whole file (a cross-key check) is not repeated
+            lines.append(f"{key}: {err['msg']}" + ("" if isinstance(got, dict) else f" (got {got!r})"))
     return f"invalid configuration ({where} + --set overrides): " + "; ".join(lines)

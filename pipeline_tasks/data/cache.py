@@ -3,6 +3,12 @@ so a data set larger than memory is decoded once and then paged in batch by batc
 
 ``decode_into`` fills a cache file from image files on every core; ``open_images`` and
 ``load_split`` read it back; ``recipe`` says how its images were made.
+
+With ``data.cache_size`` larger than ``data.image_size``, the train and pool images are cached
+twice: at ``image_size`` (``{split}_images.npy``, what evaluation, k-NN monitors, linear probes
+and the pool stage read, and what serving makes of a new image) and at ``cache_size``
+(``{split}_images_large.npy``, ``view_source``: what the random resized crops of pretraining
+and fine-tuning are cut from, so a view resampled to ``image_size`` has real pixels).
 """
 
 from __future__ import annotations
@@ -23,6 +29,11 @@ CHUNK = 512  # images per decoding task
 
 def images_file(out_dir: str | Path, split: str) -> Path:
     return Path(out_dir) / f"{split}_images.npy"
+
+
+def large_images_file(out_dir: str | Path, split: str) -> Path:
+    """The split's images at ``data.cache_size``, when preprocess wrote them."""
+    return Path(out_dir) / f"{split}_images_large.npy"
 
 
 def labels_file(out_dir: str | Path, split: str) -> Path:
@@ -65,6 +76,13 @@ def open_images(out_dir: str | Path, split: str) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
+def view_source(out_dir: str | Path, split: str) -> np.ndarray:
+    """The images training views of ``split`` are cut from, memory-mapped: the ``cache_size``
+    copy when there is one, else the split's images (the same rows, in the same order)."""
+    large = large_images_file(out_dir, split)
+    return np.load(large, mmap_mode="r") if large.is_file() else open_images(out_dir, split)
+
+
 def save_split(out_dir: str | Path, name: str, images: np.ndarray, labels: np.ndarray | None) -> None:
     """Write one split of the cache from arrays (uint8 ``[N,C,H,W]``, int64 ``[N]``)."""
     np.save(images_file(out_dir, name), np.ascontiguousarray(images, dtype=np.uint8))
@@ -81,16 +99,17 @@ def load_split(out_dir: str | Path, name: str) -> tuple[torch.Tensor, torch.Tens
 
 
 def content_digest(out_dir: str | Path, splits: tuple[str, ...]) -> str:
-    """sha256 over the cached images of ``splits`` (their ``.npy`` bytes, in order): the exact
-    content a model trains on, whatever the files were called or when they were written."""
+    """sha256 over the cached images of ``splits`` (their ``.npy`` bytes, in order, the
+    ``cache_size`` copies included): the exact content a model trains on, whatever the files
+    were called or when they were written."""
     h = hashlib.sha256()
     for split in splits:
-        path = images_file(out_dir, split)
         h.update(f"{split}\0".encode())
-        if path.is_file():
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 22), b""):
-                    h.update(chunk)
+        for path in (images_file(out_dir, split), large_images_file(out_dir, split)):
+            if path.is_file():
+                with open(path, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 22), b""):
+                        h.update(chunk)
     return h.hexdigest()
 
 

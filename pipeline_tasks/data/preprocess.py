@@ -2,7 +2,10 @@
 every core), never per epoch.
 
 The labeled images become ``{train,val,test}_images.npy`` and ``*_labels.npy``; the unlabeled
-pool, when there is one, becomes ``pool_images.npy``, which only pretraining reads.
+pool, when there is one, becomes ``pool_images.npy``, which only pretraining reads. With
+``data.cache_size`` over ``data.image_size``, the train and pool images are also decoded at
+``cache_size`` (``*_images_large.npy``), from the same files by the same decode path: the
+source of the training views (``data.cache``).
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import numpy as np
 import pandas as pd
 
 from pipeline_tasks.config import DataConfig, PreprocessConfig
-from pipeline_tasks.data.cache import decode_into, images_file, labels_file
+from pipeline_tasks.data.cache import decode_into, images_file, labels_file, large_images_file
 from pipeline_tasks.data.manifest import read_manifest
 from pipeline_tasks.data.splits import SPLITS, split_fingerprint, split_manifest
+
+VIEW_SPLITS = ("train", "pool")  # the splits training views are cut from
 
 
 @dataclass(frozen=True)
@@ -33,10 +38,20 @@ class PreprocessRecord:
     n_pool: int = 0
     test_split_sha256: str = ""  # sha256 over the test images' sorted sha256:label lines
     resize: str = "crop"
+    cache_size: int = 0  # side of the training views' source (= image_size without a larger cache)
 
 
 def _read_manifest(path: str | Path) -> pd.DataFrame:
     return read_manifest(path)
+
+
+def _decode(out: Path, split: str, files: list[Path], data: DataConfig) -> None:
+    """The split at ``image_size``; train and pool also at a larger ``cache_size``."""
+    decode_into(images_file(out, split), files, data.image_size, data.channels, data.resize)
+    large = large_images_file(out, split)
+    large.unlink(missing_ok=True)  # never a stale copy from an earlier cache_size
+    if split in VIEW_SPLITS and (data.cache_size or data.image_size) > data.image_size:
+        decode_into(large, files, int(data.cache_size or 0), data.channels, data.resize)
 
 
 def preprocess_data(
@@ -57,14 +72,12 @@ def preprocess_data(
     for name in SPLITS:
         rows = splits[splits["split"] == name]
         np.save(labels_file(out, name), np.array([index[c] for c in rows["label"]], dtype=np.int64))
-        decode_into(images_file(out, name), [root / r for r in rows["path"]], data.image_size, data.channels,
-                    data.resize)
+        _decode(out, name, [root / r for r in rows["path"]], data)
         sizes[name] = len(rows)
     pool_manifest = _read_manifest(pool[0]) if pool else pd.DataFrame({"path": [], "sha256": []}, dtype=str)
     pool_rows = pool_manifest["path"]
     pool_root = Path(pool[1]) if pool else root
-    decode_into(images_file(out, "pool"), [pool_root / r for r in pool_rows], data.image_size, data.channels,
-                data.resize)
+    _decode(out, "pool", [pool_root / r for r in pool_rows], data)
     seen = set(splits.loc[splits["split"] != "test", "sha256"]) | set(pool_manifest["sha256"])
     (out / "seen_images.txt").write_text("".join(f"{s}\n" for s in sorted(seen - {""})))
     splits.to_csv(out / "splits.csv", index=False)
@@ -73,6 +86,7 @@ def preprocess_data(
         out_dir=str(out), classes=classes, n_train=sizes["train"], n_val=sizes["val"],
         n_test=sizes["test"], image_size=data.image_size, channels=data.channels, n_pool=len(pool_rows),
         test_split_sha256=split_fingerprint(splits), resize=data.resize,
+        cache_size=data.cache_size or data.image_size,
     )
     (out / "splits.json").write_text(json.dumps(dataclasses.asdict(record), indent=2) + "\n")
     return record

@@ -24,12 +24,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning_fabric import Fabric
 from torch import nn
 
 from pipeline_tasks.config import FinetuneConfig
-from pipeline_tasks.data.cache import load_split, recipe
+from pipeline_tasks.data.cache import load_split, recipe, view_source
 from pipeline_tasks.finetune.subsets import (
     LABELS,
     labeled_subset,
@@ -182,17 +183,31 @@ def starting_encoder(encoder_path: str | Path, mode: str, init_path: str | Path 
     return encoder
 
 
+def _views(preprocessed_dir: str | Path, subset: torch.Tensor, data: tuple[torch.Tensor, ...],
+           cfg: FinetuneConfig) -> tuple[ViewAugment | None, tuple[torch.Tensor, ...]]:
+    """The training views and the images they are cut from: the labeled rows of ``view_source``
+    (the ``cache_size`` images when preprocess wrote them), views made ``image_size`` px; with
+    ``augment: none``, ``data`` as it is (the ``image_size`` images)."""
+    augment = FINETUNE_AUGMENT.get(cfg.augment)
+    if augment is None:
+        return None, data
+    x = torch.from_numpy(np.array(view_source(preprocessed_dir, "train")[subset.numpy()]))
+    size = int(recipe(preprocessed_dir)["image_size"])
+    return augment.replace(out_size=size), (x.to(data[0].device), *data[1:])
+
+
 def _train_network(encoder: ResNetEncoder, n_classes: int, mode: str, data: tuple[torch.Tensor, ...],
-                   cfg: FinetuneConfig, fabric: Fabric, log_metrics: LogMetrics) -> tuple[Classifier, _Fit]:
-    """Encoder and head trained together; a pretrained (or ``init``) encoder at
-    ``lr * encoder_lr_scale``, a scratch one at the head's ``lr``."""
+                   cfg: FinetuneConfig, fabric: Fabric, log_metrics: LogMetrics,
+                   augment: ViewAugment | None) -> tuple[Classifier, _Fit]:
+    """Encoder and head trained together (``data``'s images through ``augment``); a pretrained
+    (or ``init``) encoder at ``lr * encoder_lr_scale``, a scratch one at the head's ``lr``."""
     model = Classifier(encoder, n_classes).to(fabric.device)
     if fabric.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     scale = cfg.encoder_lr_scale if mode in ("full", "init") else 1.0
     groups: list[dict[str, Any]] = [{"params": model.encoder.parameters(), "lr": cfg.lr * scale},
                                     {"params": model.head.parameters()}]
-    return model, _fit(model, groups, data, cfg, fabric, FINETUNE_AUGMENT.get(cfg.augment), log_metrics)
+    return model, _fit(model, groups, data, cfg, fabric, augment, log_metrics)
 
 
 def finetune_classifier(
@@ -223,7 +238,8 @@ def finetune_classifier(
         encoder.requires_grad_(False)
         model, fit = _linear_probe(encoder, len(classes), data, cfg, fabric, runtime, log_metrics)
     else:
-        model, fit = _train_network(encoder, len(classes), mode, data, cfg, fabric, log_metrics)
+        augment, cut = _views(preprocessed_dir, subset, data, cfg)
+        model, fit = _train_network(encoder, len(classes), mode, cut, cfg, fabric, log_metrics, augment)
     total, _ = step_budget(len(subset), cfg)
     log.info("finetune (%s): %d labeled + %d validation images, %d steps, best val_accuracy %.4f "
              "at step %d", mode, len(subset), len(val_subset), total, fit.accuracy, fit.step)

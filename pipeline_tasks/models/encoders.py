@@ -5,11 +5,17 @@ max-pool (a 7x7/2 stem plus pool would shrink 28 px digits to 7 px before the fi
 widths ``w, 2w, 4w, 8w`` with one ``BasicBlock`` per stage. At ``w=16`` it has 0.31M parameters
 and runs ~1,200 views/s on a 2-core CPU; ``w=32`` is 3.7x slower there for no gain on mnist-5k.
 ``resnet18/34/50`` are torchvision's, optionally with the same small-image stem.
+
+Every path feeds the encoder pixels scaled to [-1, 1] (``inference.to_float``, the SSL views);
+an encoder whose spec carries a ``mean`` and ``std`` (ImageNet's, for torchvision weights)
+turns them into ``(pixel / 255 - mean) / std`` itself, as its first operation, so training,
+evaluation and the served model cannot disagree on it.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torchvision
@@ -17,6 +23,18 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 ARCHS = ("compact", "resnet18", "resnet34", "resnet50")
+# Under this many pixels a side, ``small_stem: auto`` takes the 3x3 stride-1 stem: torchvision's
+# 7x7/2 stem and max-pool would leave 8 px of a 32 px image for layer1 (solo-learn uses the small
+# stem for CIFAR's 32 px and the ImageNet stem from STL-10's 96 px up).
+SMALL_IMAGE = 96
+
+
+def resolve_small_stem(setting: bool | str, image_size: int, arch: str) -> bool:
+    """``pretrain.small_stem`` for ``image_size`` px inputs: ``auto`` is on under ``SMALL_IMAGE``
+    px; ``compact`` always has the small stem."""
+    if arch == "compact":
+        return True
+    return image_size < SMALL_IMAGE if setting == "auto" else bool(setting)
 
 
 @dataclass(frozen=True)
@@ -26,26 +44,35 @@ class EncoderSpec:
     blocks_per_stage: tuple[int, ...] = (1, 1, 1, 1)  # compact only
     arch: str = "compact"
     small_stem: bool = True  # torchvision ResNets: 3x3 stride-1 conv1 and no max-pool
+    # Input normalisation, per channel, of pixels in [0, 1] (torchvision's Normalize); () keeps
+    # the [-1, 1] scaling (every encoder saved before these fields existed).
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, object]) -> EncoderSpec:
-        return cls(int(d["in_channels"]), int(d["base_width"]),  # type: ignore[call-overload]
-                   tuple(d["blocks_per_stage"]), str(d.get("arch", "compact")),  # type: ignore[arg-type]
-                   bool(d.get("small_stem", True)))
+    def from_dict(cls, d: dict[str, Any]) -> EncoderSpec:
+        return cls(int(d["in_channels"]), int(d["base_width"]), tuple(d["blocks_per_stage"]),
+                   str(d.get("arch", "compact")), bool(d.get("small_stem", True)),
+                   tuple(float(v) for v in d.get("mean", ())), tuple(float(v) for v in d.get("std", ())))
 
 
 class ResNetEncoder(nn.Module):
-    """``[B, C, H, W]`` float -> ``[B, feature_dim]`` features (global average pooled)."""
+    """``[B, C, H, W]`` float in [-1, 1] -> ``[B, feature_dim]`` features (global average pooled)."""
+
+    input_scale: torch.Tensor | None
+    input_shift: torch.Tensor | None
 
     def __init__(self, spec: EncoderSpec = EncoderSpec()) -> None:
         super().__init__()
         if (spec.in_channels not in (1, 3) or spec.base_width < 1 or not spec.blocks_per_stage
-                or spec.arch not in ARCHS):
+                or spec.arch not in ARCHS or len(spec.mean) != len(spec.std)
+                or len(spec.mean) not in (0, spec.in_channels) or min(spec.std, default=1) <= 0):
             raise ValueError(f"invalid encoder spec: {spec}")
         self.spec = spec
+        self._normalisation(spec.mean, spec.std)
         if spec.arch != "compact":
             self.body, self.feature_dim = _torchvision_resnet(spec)
             return
@@ -70,7 +97,20 @@ class ResNetEncoder(nn.Module):
         self.body = nn.Sequential(*layers)
         self.feature_dim = in_w
 
+    def _normalisation(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        """``x * input_scale + input_shift`` on ``x`` in [-1, 1] is ``(pixel - mean) / std`` on the
+        pixel ``(x + 1) / 2`` in [0, 1]. Buffers that are not persistent: the spec holds the
+        numbers, and state dicts keep the keys they always had."""
+        scale = [0.5 / s for s in std]
+        shift = [(0.5 - m) / s for m, s in zip(mean, std, strict=True)]
+        self.register_buffer("input_scale", torch.tensor(scale).view(1, -1, 1, 1) if scale else None,
+                             persistent=False)
+        self.register_buffer("input_shift", torch.tensor(shift).view(1, -1, 1, 1) if shift else None,
+                             persistent=False)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_scale is not None and self.input_shift is not None:
+            x = x * self.input_scale + self.input_shift
         return self.body(x)
 
 

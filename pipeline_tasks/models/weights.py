@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from pipeline_tasks.models.encoders import EncoderSpec, ResNetEncoder
+from pipeline_tasks.models.hub import resolve_init
 
 
 def load_torchvision_weights(encoder: ResNetEncoder, state: dict[str, torch.Tensor],
@@ -40,9 +41,28 @@ def load_torchvision_weights(encoder: ResNetEncoder, state: dict[str, torch.Tens
     return notes
 
 
-def load_init(encoder: ResNetEncoder, init_path: str | Path) -> list[str]:
-    """Load starting weights into ``encoder``; returns notes on what was (not) loaded."""
-    spec, path = encoder.spec, Path(init_path)
+# torchvision's ImageNet weights expect Normalize(mean, std) of [0, 1] pixels (the defaults of
+# torchvision.transforms._presets.ImageClassification, which every ResNet weights' transforms use).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+Normalisation = tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std) per channel
+
+
+def imagenet_normalisation(channels: int) -> Normalisation:
+    """``(mean, std)`` of ImageNet for ``channels`` inputs; one channel (``conv1`` summed over
+    RGB) takes the channels' averages, 0.449 and 0.226, so a grey pixel is normalised about as
+    each colour channel was."""
+    if channels == 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return (round(sum(IMAGENET_MEAN) / 3, 3),), (round(sum(IMAGENET_STD) / 3, 3),)
+
+
+def read_init(init_path: str | Path, allow_download: bool = False) -> dict[str, Any]:
+    """The starting weights' file, loaded (``weights_only``): an encoder this project saved
+    (``{"spec", "state_dict"}``) or a torchvision-format state dict. A ``torchvision:`` name is
+    resolved to torch.hub's file first (``models.hub``). ``ValueError`` for a missing file or one
+    that is not a PyTorch state dict."""
+    path = Path(str(resolve_init(init_path, allow_download)))
     if not path.is_file():
         raise ValueError(f"{path}: pretrain.init weights file not found; download it first (nothing is "
                          "downloaded at run time) or set pretrain.init: null")
@@ -51,16 +71,44 @@ def load_init(encoder: ResNetEncoder, init_path: str | Path) -> list[str]:
     except Exception as exc:
         raise ValueError(f"{path}: not a PyTorch weights file ({type(exc).__name__}); pass a state dict "
                          "saved with torch.save") from exc
-    if isinstance(blob, dict) and "spec" in blob and "state_dict" in blob:
-        if EncoderSpec.from_dict(blob["spec"]) != spec:
-            raise ValueError(f"{path}: an encoder {blob['spec']} but the settings ask for {spec.to_dict()}; "
-                             "set pretrain.encoder/base_width/small_stem to match it")
-        encoder.load_state_dict(blob["state_dict"])
-        return [f"initialised from {path}"]
-    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
-    if not isinstance(state, dict):
+    if not isinstance(blob, dict) or not isinstance(blob.get("state_dict", blob), dict):
         raise ValueError(f"{path}: expected a state dict (name -> tensor); pass torchvision-format weights")
-    return [f"initialised from {path}", *load_torchvision_weights(encoder, state, str(path))]
+    return blob
+
+
+def is_encoder_file(blob: dict[str, Any]) -> bool:
+    """True for an encoder this project saved, False for torchvision-format weights."""
+    return "spec" in blob and "state_dict" in blob
+
+
+def init_normalisation(blob: dict[str, Any] | None, channels: int) -> Normalisation:
+    """The input normalisation an encoder starting from ``blob`` needs: none without starting
+    weights, the saved encoder's own, or ImageNet's for torchvision-format weights."""
+    if blob is None:
+        return (), ()
+    if is_encoder_file(blob):
+        spec = EncoderSpec.from_dict(blob["spec"])
+        return spec.mean, spec.std
+    return imagenet_normalisation(channels)
+
+
+def apply_init(encoder: ResNetEncoder, blob: dict[str, Any], source: str | Path) -> list[str]:
+    """Load ``blob`` (from ``read_init``) into ``encoder``; returns notes on what was (not) loaded."""
+    if is_encoder_file(blob):
+        if EncoderSpec.from_dict(blob["spec"]) != encoder.spec:
+            raise ValueError(f"{source}: an encoder {blob['spec']} but the settings ask for "
+                             f"{encoder.spec.to_dict()}; set pretrain.encoder/base_width/small_stem to "
+                             "match it")
+        encoder.load_state_dict(blob["state_dict"])
+        return [f"initialised from {source}"]
+    return [f"initialised from {source}", *load_torchvision_weights(encoder, blob.get("state_dict", blob),
+                                                                    str(source))]
+
+
+def load_init(encoder: ResNetEncoder, init_path: str | Path, allow_download: bool = False) -> list[str]:
+    """Load starting weights (a file, or a ``torchvision:`` name) into ``encoder``; returns notes
+    on what was (not) loaded."""
+    return apply_init(encoder, read_init(init_path, allow_download), init_path)
 
 
 def load_encoder(path: str | Path) -> ResNetEncoder:

@@ -27,7 +27,8 @@ from pipeline_tasks.config import PretrainConfig
 
 LAST = "last.pt"
 # Settings that do not change what a run computes: a checkpoint stays valid when they change.
-NOT_IN_FINGERPRINT = {"device", "resume", "log_every_steps", "knn_every_epochs", "checkpoint_every_steps"}
+NOT_IN_FINGERPRINT = {"device", "resume", "log_every_steps", "knn_every_epochs", "checkpoint_every_steps",
+                      "allow_download"}
 # The modules whose code decides what pretraining computes (their imports are followed).
 TRAINING_CODE = ("pipeline_tasks.ssl.trainer",)
 
@@ -44,13 +45,17 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def fingerprint(cfg: PretrainConfig, data_digest: str, init: str | Path | None) -> str:
+def fingerprint(cfg: PretrainConfig, data_digest: str, init: str | Path | None,
+                resolved: dict[str, Any] | None = None) -> str:
     """sha256 of the settings that change the result, the training code, the images' content
-    digest and the starting weights' bytes."""
+    digest, the starting weights' bytes (``init``: a local file, a ``torchvision:`` name already
+    resolved to torch.hub's file) and what the run resolved from them (``resolved``: the
+    encoder's spec, with ``small_stem: auto`` decided and the input normalisation, and the
+    views' size)."""
     settings = {k: v for k, v in cfg.model_dump().items() if k not in NOT_IN_FINGERPRINT}
     blob = json.dumps({"settings": settings, "code": codehash.code_digest(*TRAINING_CODE),
-                       "data": data_digest, "init": file_digest(init) if init else None},
-                      sort_keys=True, default=str)
+                       "data": data_digest, "init": file_digest(init) if init else None,
+                       "resolved": resolved}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -22,9 +22,10 @@ from torch import nn
 
 from pipeline_tasks.config import PretrainConfig
 from pipeline_tasks.data.batches import BatchSource
-from pipeline_tasks.data.cache import open_images
-from pipeline_tasks.models.encoders import EncoderSpec, ResNetEncoder
-from pipeline_tasks.models.weights import load_init
+from pipeline_tasks.data.cache import recipe, view_source
+from pipeline_tasks.models.encoders import EncoderSpec, ResNetEncoder, resolve_small_stem
+from pipeline_tasks.models.hub import resolve_init
+from pipeline_tasks.models.weights import apply_init, init_normalisation, read_init
 from pipeline_tasks.ssl import checkpoint, distributed
 from pipeline_tasks.ssl.methods import SSLMethod, build_method
 from pipeline_tasks.ssl.optim import build_optimizer, warmup_cosine
@@ -110,14 +111,24 @@ class Run:
         return Position(epoch, index, state["order"], int(state["step"]))
 
 
-def build_encoder(cfg: PretrainConfig, channels: int, init_path: str | Path | None) -> tuple[
-        ResNetEncoder, list[str]]:
-    """The encoder of ``cfg``, from random weights or from ``init_path``: an encoder this
-    project saved (``{"spec", "state_dict"}``) or a torchvision-format ResNet state dict."""
+def build_encoder(cfg: PretrainConfig, channels: int, init_path: str | Path | None,
+                  image_size: int) -> tuple[ResNetEncoder, list[str]]:
+    """The encoder of ``cfg`` for ``image_size`` px views, from random weights or from
+    ``init_path``: an encoder this project saved (``{"spec", "state_dict"}``), a torchvision-format
+    ResNet state dict, or a ``torchvision:`` name (``models.hub``). The spec is resolved here,
+    once: ``small_stem: auto`` by the image size, the input normalisation by the starting
+    weights (none, the saved encoder's own, or ImageNet's for torchvision weights)."""
+    path = resolve_init(init_path, cfg.allow_download)
+    blob = None if path is None else read_init(path)
+    mean, std = init_normalisation(blob, channels)
+    small_stem = resolve_small_stem(cfg.small_stem, image_size, cfg.encoder)
     spec = EncoderSpec(in_channels=channels, base_width=cfg.base_width, arch=cfg.encoder,
-                       small_stem=cfg.small_stem)
+                       small_stem=small_stem, mean=mean, std=std)
     encoder = ResNetEncoder(spec)
-    return encoder, [] if init_path is None else load_init(encoder, init_path)
+    if blob is None or path is None:
+        return encoder, []
+    source = path if str(path) == str(init_path) else f"{init_path} ({path})"
+    return encoder, apply_init(encoder, blob, source)
 
 
 def _budget(n: int, cfg: PretrainConfig, world_size: int) -> Budget:
@@ -148,20 +159,26 @@ def _wrap(fabric: Fabric, method: SSLMethod, cfg: PretrainConfig, budget: Budget
 
 def build_run(fabric: Fabric, preprocessed_dir: Path, cfg: PretrainConfig, checkpoint_dir: Path | None,
               init_path: str | Path | None, data_digest: str) -> tuple[Run, list[str], int]:
-    """The run, the notes on its starting weights, and how many pool images it trains on."""
-    train, pool = open_images(preprocessed_dir, "train"), open_images(preprocessed_dir, "pool")
+    """The run, the notes on its starting weights, and how many pool images it trains on. The
+    views are cut from ``view_source`` (the ``cache_size`` images when there are) and made
+    ``image_size`` px."""
+    train, pool = view_source(preprocessed_dir, "train"), view_source(preprocessed_dir, "pool")
     source = BatchSource([train, pool], fabric.device)
     budget = _budget(len(source), cfg, fabric.world_size)
-    encoder, notes = build_encoder(cfg, int(source.shape[0]), init_path)
+    size = int(recipe(preprocessed_dir)["image_size"])
+    init_path = resolve_init(init_path, cfg.allow_download)
+    encoder, notes = build_encoder(cfg, int(source.shape[0]), init_path, size)
     method = build_method(cfg.method, encoder, encoder.feature_dim, cfg).to(fabric.device)
     model, optimizer, scheduler = _wrap(fabric, method, cfg, budget)
     augment_rng = torch.Generator(device=fabric.device).manual_seed(cfg.seed * 1009 + fabric.global_rank)
-    run = Run(cfg, fabric, method, model, optimizer, scheduler, source,
-              view_pair(cfg.augment, **cfg.augment_overrides()), augment_rng,
+    views = tuple(v.replace(out_size=size) for v in view_pair(cfg.augment, **cfg.augment_overrides()))
+    run = Run(cfg, fabric, method, model, optimizer, scheduler, source, (views[0], views[1]), augment_rng,
               torch.Generator().manual_seed(cfg.seed), budget, checkpoint_dir,
-              checkpoint.fingerprint(cfg, data_digest, init_path))
+              checkpoint.fingerprint(cfg, data_digest, init_path,
+                                     {"spec": encoder.spec.to_dict(), "image_size": size}))
     if fabric.is_global_zero:
         log.info("pretraining %s on %d images: %d from the unlabeled pool + %d labeled training images "
-                 "(labels unused); batch %d over %d rank(s), %d steps an epoch", cfg.method, len(source),
-                 len(pool), len(train), budget.batch, fabric.world_size, budget.steps_per_epoch)
+                 "(labels unused); batch %d over %d rank(s), %d steps an epoch, %d px views of %d px "
+                 "images", cfg.method, len(source), len(pool), len(train), budget.batch, fabric.world_size,
+                 budget.steps_per_epoch, size, source.shape[-1])
     return run, notes, len(pool)

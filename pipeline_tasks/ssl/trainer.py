@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from pipeline_tasks.config import PretrainConfig
-from pipeline_tasks.data.cache import content_digest, load_split, load_split_labels, open_images
+from pipeline_tasks.data.cache import content_digest, load_split, load_split_labels, open_images, view_source
 from pipeline_tasks.evaluation.plots import view_grid
 from pipeline_tasks.models.encoders import ResNetEncoder
 from pipeline_tasks.models.inference import embed
@@ -206,7 +206,8 @@ def _knn_on_val(encoder: nn.Module, preprocessed_dir: Path, device: torch.device
 def save_view_grid(preprocessed_dir: Path, views: tuple[ViewAugment, ViewAugment], path: Path,
                    max_rows: int = 10) -> None:
     """A PNG with one row per class (the first training image of each, up to ``max_rows``):
-    the image, then its two augmented views, which the method learns to match."""
+    the image, then its two augmented views, which the method learns to match (cut, as in
+    training, from ``view_source``)."""
     images, labels = open_images(preprocessed_dir, "train"), load_split_labels(preprocessed_dir, "train")
     if len(images) == 0:
         return
@@ -214,12 +215,13 @@ def save_view_grid(preprocessed_dir: Path, views: tuple[ViewAugment, ViewAugment
     names = json.loads(names_file.read_text()) if names_file.is_file() else []
     picks = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)[:max_rows]] or [0]
     x = torch.from_numpy(np.array(images[picks]))
+    source = torch.from_numpy(np.array(view_source(preprocessed_dir, "train")[picks]))
     g = torch.Generator().manual_seed(0)
 
     def to_uint8(v: torch.Tensor) -> torch.Tensor:
         return ((v + 1) * 127.5).round().clamp(0, 255).byte()
 
-    rows = torch.stack([x, to_uint8(views[0](x, g)), to_uint8(views[1](x, g))], 1).numpy()
+    rows = torch.stack([x, to_uint8(views[0](source, g)), to_uint8(views[1](source, g))], 1).numpy()
     label_names = [names[labels[i]] if labels[i] < len(names) else str(labels[i]) for i in picks]
     view_grid(rows, path, label_names if len(labels) else None)
 

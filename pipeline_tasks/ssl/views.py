@@ -44,6 +44,9 @@ class ViewAugment:
     solarize_prob: float = 0.0
     noise_std: float = 0.05
     erase_prob: float = 0.5
+    # The views' side in px: the random resized crop is cut from the input at its own size (a
+    # larger cache, data.cache_size) and resampled to this (None: the input's size).
+    out_size: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.crop_scale_min <= self.crop_scale_max <= 1:
@@ -56,12 +59,15 @@ class ViewAugment:
             raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
         if min(self.brightness, self.contrast, self.saturation, self.noise_std, self.rotation_degrees) < 0:
             raise ValueError("brightness, contrast, saturation, noise_std and rotation_degrees must be >= 0")
+        if self.out_size is not None and self.out_size < 1:
+            raise ValueError(f"out_size must be a positive number of pixels, got {self.out_size}")
 
     def replace(self, **changes: Any) -> ViewAugment:
         return dataclasses.replace(self, **changes)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """uint8 or float ``[B,C,H,W]`` -> one augmented view, float ``[B,C,H,W]`` in [-1, 1]."""
+        """uint8 or float ``[B,C,H,W]`` -> one augmented view, float ``[B,C,S,S]`` in [-1, 1]
+        (``S``: ``out_size``, else ``H`` and ``W`` stay)."""
         if images.ndim != 4:
             raise ValueError(f"expected images [B,C,H,W], got shape {tuple(images.shape)}")
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
@@ -99,7 +105,8 @@ class ViewAugment:
             torch.stack([sx * cos, -sy * sin, tx], 1),
             torch.stack([sx * sin, sy * cos, ty], 1),
         ], 1)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        size = [b, x.shape[1], *((self.out_size, self.out_size) if self.out_size else x.shape[2:])]
+        grid = F.affine_grid(theta, size, align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
     def _colour(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:

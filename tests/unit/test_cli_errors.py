@@ -135,3 +135,26 @@ def test_ui_same_port_twice(capsys: pytest.CaptureFixture[str]) -> None:
     port = str(free_port())
     code, err = _run(capsys, "ui", "--prefect-port", port, "--mlflow-port", port)
     assert code == 2 and "--prefect-port and --mlflow-port are both" in err
+
+
+def test_named_weights_missing_from_the_cache(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused before anything runs (the first check: the data folder here does not exist),
+    naming the file and its URL; with --allow-download the run goes on to the data folder."""
+    import torch
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("downloaded"))
+    url = torchvision.models.ResNet18_Weights.DEFAULT.url
+    expected = tmp_path / "torch" / "hub" / "checkpoints" / url.rsplit("/", 1)[1]
+    args = ("--params", str(PARAMS), "--set", "pretrain.encoder=resnet18", "--set",
+            "pretrain.init=torchvision:resnet18", "--set", f"data.dir={tmp_path / 'nope'}")
+    for command in (["run"], ["stage", "pretrain"]):
+        code, err = _run(capsys, *command, *args)
+        assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert f"the weights file {expected} is not there" in err and url in err and "--allow-download" in err
+    code, err = _run(capsys, "run", *args, "--allow-download")
+    assert code == 1 and "data folder not found" in err and not expected.exists()
+    code, err = _run(capsys, "stage", "validate", *args)  # a stage that does not read the weights
+    assert code == 1 and "data folder not found" in err

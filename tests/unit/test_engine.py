@@ -35,27 +35,27 @@ def test_init_from_a_torchvision_state_dict(tmp_path: Path) -> None:
     weights = torchvision.models.resnet18(weights=None).state_dict()  # stands in for ImageNet's
     torch.save(weights, tmp_path / "resnet18.pth")
     cfg = PretrainConfig(encoder="resnet18", small_stem=False, init=str(tmp_path / "resnet18.pth"))
-    enc, notes = build_encoder(cfg, 3, cfg.init)
+    enc, notes = build_encoder(cfg, 3, cfg.init, 224)
     assert torch.equal(enc.body.layer4[1].conv2.weight, weights["layer4.1.conv2.weight"])
     # one channel: conv1 summed over RGB; the small stem: conv1 left random, and said so
-    gray, _ = build_encoder(cfg, 1, cfg.init)
+    gray, _ = build_encoder(cfg, 1, cfg.init, 224)
     assert torch.allclose(gray.body.conv1.weight, weights["conv1.weight"].sum(1, keepdim=True))
-    _, notes = build_encoder(cfg.model_copy(update={"small_stem": True}), 3, cfg.init)
+    _, notes = build_encoder(cfg.model_copy(update={"small_stem": True}), 3, cfg.init, 224)
     assert any("left random" in n for n in notes)
 
 
 def test_bad_init_files_are_clear_errors(tmp_path: Path) -> None:
     cfg = PretrainConfig(encoder="resnet18")
     with pytest.raises(ValueError, match="weights file not found.*nothing is downloaded"):
-        build_encoder(cfg, 3, tmp_path / "missing.pth")
+        build_encoder(cfg, 3, tmp_path / "missing.pth", 32)
     torch.save(torchvision.models.resnet34(weights=None).state_dict(), tmp_path / "r34.pth")
     with pytest.raises(ValueError, match="not a resnet18 state dict"):
-        build_encoder(cfg, 3, tmp_path / "r34.pth")
+        build_encoder(cfg, 3, tmp_path / "r34.pth", 32)
     (tmp_path / "junk.pth").write_text("not torch")
     with pytest.raises(ValueError, match="not a PyTorch weights file"):
-        build_encoder(cfg, 3, tmp_path / "junk.pth")
+        build_encoder(cfg, 3, tmp_path / "junk.pth", 32)
     with pytest.raises(ValueError, match="need a torchvision encoder"):
-        build_encoder(PretrainConfig(), 3, tmp_path / "r34.pth")
+        build_encoder(PretrainConfig(), 3, tmp_path / "r34.pth", 32)
 
 
 def test_parallel_decoding_fills_the_memory_map_like_one_process(tiny_data: Path, tmp_path: Path) -> None:

@@ -237,7 +237,8 @@ def test_import_folder_copies_and_never_touches_the_source(tmp_path: Path) -> No
     summary = import_folder(src, tmp_path / "out")
     assert _digests(src) == before
     assert summary.counts == {"cat": 4, "dog": 4, "empty": 0}
-    assert summary.skipped == [".git", "cat/.hidden.png", "cat/notes.txt", "stray.png"]
+    assert summary.skipped == ["cat/notes.txt", "stray.png"]
+    assert summary.litter == [".git", "cat/.hidden.png"]  # hidden entries are litter (listing.is_litter)
     assert summary.refused_symlinks == ["dog/link.png", "dog/linkdir", "linkclass"]
     out = tmp_path / "out"
     assert _files(out) == ["cat/a.png", "cat/b.JPG", "cat/café 1.png", "cat/deep/er/c.bmp",

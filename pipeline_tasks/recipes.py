@@ -1,0 +1,32 @@
+"""Things named in settings: standard weights (``pretrain.init: torchvision:resnet50``) and the
+presets of ``pretrainflow run --preset NAME``. Standard library only: the CLI reads it before
+anything heavy, and ``config`` validates names with it.
+"""
+
+from __future__ import annotations
+
+TORCHVISION = "torchvision:"
+TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50")  # the encoders weights by name can start
+
+
+def torchvision_init(init: str | None) -> tuple[str, str | None] | None:
+    """``torchvision:resnet50[:IMAGENET1K_V2]`` -> ``("resnet50", "IMAGENET1K_V2" or None)``;
+    None for any other ``pretrain.init``."""
+    if not init or not init.startswith(TORCHVISION):
+        return None
+    arch, _, weights = init.removeprefix(TORCHVISION).partition(":")
+    return arch, weights or None
+
+
+# A preset is a list of --set overrides applied over the params file and under each --set.
+# photos: RGB photographs from ImageNet weights. 224 px views cut from a 256 px cache (as
+# torchvision's ImageNet recipe crops 224 from images resized to 256), the ImageNet stem
+# (small_stem auto is off at 224 px), SimCLR's natural-image views, flips and colour in
+# fine-tuning. ImageNet's input normalisation follows from the torchvision weights.
+PRESETS: dict[str, tuple[str, ...]] = {
+    "photos": (
+        "data.image_size=224", "data.cache_size=256", "data.channels=3",
+        "pretrain.encoder=resnet50", "pretrain.init=torchvision:resnet50", "pretrain.small_stem=auto",
+        "pretrain.augment=simclr", "finetune.augment=natural",
+    ),
+}
