@@ -1,7 +1,8 @@
 """The product's promise, on the real mnist-5k digits with 4 labels per class: the pretrained
 model beats the same network trained from scratch with the same labels and steps, and the pool
 stage beats the model it started from, in the mean over 3 seeds (the default recipe of
-params.yaml, pretraining shortened to keep the test to a few minutes on a 2-core CPU)."""
+params.yaml, pretraining and the pool stage shortened to keep the test to a few minutes on a
+2-core CPU: FixMatch's validation accuracy jumps within its first 40-80 steps)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,12 @@ from tests.conftest import PARAMS
 
 pytestmark = pytest.mark.slow
 EPOCHS = 15  # of pretraining: enough for the lift, short enough for CI
+POOL_STEPS = 60
 
 
 def test_pretraining_and_the_pool_both_pay_off_with_four_labels_per_class(tmp_path: Path) -> None:
     cfg = load_config(PARAMS, ["pretrain.device=cpu", "finetune.device=cpu", "pool.device=cpu",
-                               f"pretrain.epochs={EPOCHS}"])
+                               f"pretrain.epochs={EPOCHS}", f"pool.steps={POOL_STEPS}"])
     write_builtin("mnist-5k", tmp_path / "data")
     build_manifest(tmp_path / "data").to_csv(tmp_path / "manifest.csv", index=False)
     pre = preprocess_data(tmp_path / "manifest.csv", tmp_path / "data", cfg.data, cfg.preprocess,
