@@ -29,7 +29,7 @@ class PretrainConfig(BaseModel):
     # models:/pretrainflow-encoder/3 or models:/pretrainflow-encoder/latest.
     init: str | None = None
     allow_download: bool = False  # fetch a torchvision: init missing from torch.hub's cache
-    epochs: int = Field(40, ge=1)
+    epochs: int = Field(20, ge=1)
     batch_size: int = Field(256, ge=4)  # global, over all ranks
     optimizer: Literal["adamw", "sgd", "lars"] = "adamw"
     lr: float = Field(2e-3, gt=0)  # at batch 256; the run uses lr * batch_size / 256
