@@ -127,10 +127,10 @@ class PoolConfig(_Section):
     """The pool stage (``finetune/pool.py``): after fine-tuning, learn from the unlabeled images."""
 
     # none | self_training (SimCLRv2 self-distillation) | fixmatch (Sohn et al. 2020). FixMatch
-    # by default: on mnist-5k with 4 labels per class it took the fine-tuned model from 0.82 to
-    # 0.94-0.95 on test, self-training to 0.78 (worse than its start; bench/label_efficiency.py).
+    # by default: on mnist-5k with 4 labels per class its validation accuracy rose from 0.85 to
+    # 0.98, self-training's to 0.86 (on test: 0.82 to 0.95, and 0.78, below its start).
     method: Literal["none", "self_training", "fixmatch"] = "fixmatch"
-    steps: int = Field(120, ge=1)
+    steps: int = Field(240, ge=1)
     labeled_batch: int = Field(32, ge=1)
     unlabeled_batch: int = Field(128, ge=2)
     lr: float = Field(1e-3, gt=0)
@@ -139,7 +139,7 @@ class PoolConfig(_Section):
     # fixmatch: the confidence that makes a pseudo-label. 0.8, not the paper's 0.95: a model
     # fine-tuned on 40 labels is rarely that sure, and 0.95 left most of the pool unused.
     threshold: float = Field(0.8, gt=0, le=1)
-    checks: int = Field(6, ge=1)  # validation checks (model selection)
+    checks: int = Field(8, ge=1)  # validation checks (model selection)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     seed: int = 0
