@@ -38,7 +38,15 @@ from flows.reports import (
     validation_markdown,
 )
 from flows.stages import RUNNERS, run_register
-from flows.summary import devices, links, model_rows, publish, tracking_failure
+from flows.summary import (
+    describe_parent_run,
+    devices,
+    first_screen,
+    links,
+    model_rows,
+    publish,
+    tracking_failure,
+)
 from flows.tracking import lineage_tags, setup_tracking
 from pipeline_tasks.config import PipelineConfig, load_config
 from pipeline_tasks.data.errors import DataError
@@ -211,6 +219,9 @@ def _run(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext, no_cache: b
     moved = move_aliases_task(registered, paths)  # last: aliases move only once all else succeeded
     summary.update(aliases=list(moved.aliases), gate=moved.reason)
     publish(summary, urls, final=True)
+    text, answer_tags = first_screen(summary)
+    describe_parent_run(text)
+    _tag_flow_run(*answer_tags)
     mlflow.end_run("FINISHED")
     return summary
 
@@ -231,10 +242,12 @@ def _describe(cfg: PipelineConfig, tags: dict[str, str]) -> str:
             f"against a scratch baseline; registers {cfg.register_.model_name}.")
 
 
-def _tag_flow_run(tag: str) -> None:
-    """Add ``tag`` (the data version) to this flow run, so the Prefect UI can filter runs by it."""
+def _tag_flow_run(*tags: str) -> None:
+    """Add ``tags`` (the data version; the answer) to this flow run: the Prefect UI shows them
+    beside the run's name and filters runs by them."""
     with get_client(sync_client=True) as client:
-        client.update_flow_run(flow_run.id, tags=[*flow_run.tags, tag])
+        current = client.read_flow_run(flow_run.id).tags
+        client.update_flow_run(flow_run.id, tags=[*current, *(t for t in tags if t not in current)])
 
 
 def _train_and_register(validated: ValidationRecord, cfg: PipelineConfig, paths: ArtifactPaths,

@@ -116,7 +116,7 @@ def _threshold(value: Any) -> str:
         return "-"
     if isinstance(value, list):
         return ", ".join(map(str, value)) if len(value) <= 8 else f"{len(value)} values"
-    return str(value)
+    return f"{value:g}" if isinstance(value, float) else str(value)  # GX may hand back 5 as 5.0
 
 
 FILE_CHECKS = ("refused_link", "bad_name", "decodes", "format", "width", "height", "label_conflict")

@@ -12,7 +12,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.artifacts import RunContext
 from flows.registry import RegisterRecord
-from flows.reports import model_link, run_link, summary_markdown
+from flows.reports import headline, model_link, run_link, summary_markdown
 from pipeline_tasks.config import PipelineConfig
 
 
@@ -63,6 +63,28 @@ def publish(summary: dict[str, Any], links: dict[str, str], final: bool) -> None
     shown = summary if final else {**summary, "aliases": "pending: they move when the run finishes"}
     create_markdown_artifact(key="run-summary", markdown=summary_markdown(shown, links),
                              description="pretrain-finetune results")
+
+
+def first_screen(summary: dict[str, Any]) -> tuple[str, list[str]]:
+    """What the first screen of each UI says once the aliases have moved: the MLflow parent run's
+    description (the headline and the gate's reason, in markdown) and the Prefect flow run's
+    tags (``test_accuracy 0.9487``, ``lift +26.39``, ``champion v2`` or ``not promoted v2``),
+    so neither needs a click to answer "did pretraining help, and why is this the champion"."""
+    text = f"{headline(summary)}\n\n**Promotion gate:** {summary['gate']}"
+    version = f"v{summary['model_version']}"
+    tags = [f"test_accuracy {summary['test_accuracy']:.4f}",
+            "champion " + version if "champion" in summary["aliases"] else "not promoted " + version]
+    if "lift_points" in summary:
+        tags.insert(1, f"lift {str(summary['lift_points']).split(' ')[0]}")
+    return text, tags
+
+
+def describe_parent_run(text: str) -> None:
+    """Put ``text`` above the active MLflow run's description (the note the run page opens with)."""
+    run = mlflow.active_run()
+    if run is not None:
+        before = mlflow.get_run(run.info.run_id).data.tags.get("mlflow.note.content", "")
+        mlflow.set_tag("mlflow.note.content", f"{text}\n\n{before}".strip())
 
 
 def tracking_failure(exc: Exception) -> str:

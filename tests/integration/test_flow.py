@@ -88,6 +88,12 @@ def test_prefect_shows_the_validation_summary(first: dict[str, Any]) -> None:
     assert results is not None and "against scratch" in results.data
     assert f"{first['labels_used']} labels" in results.data
     assert "aliases after this run: challenger, champion" in results.data
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:  # the run's first screen: its tags
+        tags = client.read_flow_run(results.flow_run_id).tags
+    assert {f"test_accuracy {first['test_accuracy']:.4f}", f"champion v{first['model_version']}"} <= set(tags)
+    assert any(t.startswith("data:") for t in tags) and any(t.startswith("lift ") for t in tags)
 
 
 def test_mlflow_parent_run_with_a_nested_run_per_stage(first: dict[str, Any]) -> None:
@@ -97,6 +103,10 @@ def test_mlflow_parent_run_with_a_nested_run_per_stage(first: dict[str, Any]) ->
     assert parent.data.params["finetune.label_fraction"] == "0.5"
     assert {"git_commit", "data_dvc_md5", "prefect_flow_run_id"} <= set(parent.data.tags)
     assert parent.data.metrics["test_accuracy"] == first["test_accuracy"]
+    # the run page opens with the answer: the model against its baselines, and why it is champion
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith(f"**This run's model: test accuracy {first['test_accuracy']:.4f}** against ")
+    assert f"**Promotion gate:** {first['gate']}" in note and "Prefect flow run" in note
     children = mlflow.search_runs(
         [parent.info.experiment_id], output_format="list",
         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
