@@ -32,9 +32,10 @@ def _flow(workspace: Path, data: Path, *extra: str) -> Any:
                              artifacts=str(workspace / "artifacts"), return_state=True)
 
 
-def _runs(name: str) -> list[Any]:
+def _runs(stage: str) -> list[Any]:
+    """The MLflow runs of one stage (named for what they did; the stage is a tag)."""
     exp = mlflow.get_experiment_by_name("pretrainflow")
-    return mlflow.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.runName = '{name}'",
+    return mlflow.search_runs([exp.experiment_id], filter_string=f"tags.`pretrainflow.stage` = '{stage}'",
                               output_format="list")
 
 
@@ -67,7 +68,7 @@ def test_summary_and_outputs(first: dict[str, Any], workspace: Path) -> None:
     for key in ("test_accuracy", "scratch_test_accuracy", "pretrained_test_accuracy", "pixels_test_accuracy",
                 "encoder_test_accuracy", "labels_used"):
         assert metrics[key] == first[key], key
-    assert first["model"] == "full fine-tune of the pretrained encoder + pool (self_training)"
+    assert first["model"] == "full fine-tune of the pretrained encoder + pool (fixmatch)"
     for rel in ["validation/report.json", "preprocessed/train_images.npy", "pretrain/encoder.pt",
                 "finetune/classifier.pt", "finetune/baseline.pt", "pool/classifier.pt",
                 "plots/confusion_matrix.png", "registered.json"]:
@@ -212,7 +213,7 @@ def test_an_edited_image_reruns_every_stage(workspace: Path, tiny_data: Path, tm
 
 def test_a_failure_after_registration_moves_no_alias(
         first: dict[str, Any], workspace: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import flows.pipeline
+    import flows.summary
 
     client = mlflow.MlflowClient()
     before = {a: str(v) for a, v in client.get_registered_model(MODEL).aliases.items()}
@@ -222,7 +223,7 @@ def test_a_failure_after_registration_moves_no_alias(
         if kwargs.get("key") == "run-summary":
             raise RuntimeError("the Prefect API went away")
 
-    monkeypatch.setattr(flows.pipeline, "create_markdown_artifact", broken)
+    monkeypatch.setattr(flows.summary, "create_markdown_artifact", broken)  # where run-summary is published
     assert _flow(workspace, tiny_data, "finetune.lr=0.003", "register.min_improvement=0").is_failed()
     assert len(client.search_model_versions(f"name = '{MODEL}'")) == versions + 1  # registered...
     after = {a: str(v) for a, v in client.get_registered_model(MODEL).aliases.items()}
