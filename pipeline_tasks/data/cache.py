@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -23,6 +22,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from pipeline_tasks.data.cores import usable_cores
 
 CHUNK = 512  # images per decoding task
 
@@ -53,13 +54,13 @@ def _decode_chunk(args: tuple[str, int, list[str], int, int, str]) -> None:
 def decode_into(path: Path, files: Sequence[Path], size: int, channels: int, resize: str,
                 workers: int | None = None) -> None:
     """Decode ``files`` into a new uint8 ``[N, C, size, size]`` ``.npy`` at ``path``, chunks
-    of ``CHUNK`` images on ``workers`` processes (all cores by default)."""
+    of ``CHUNK`` images on ``workers`` processes (by default one per usable core: ``usable_cores``)."""
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
                                     shape=(len(files), channels, size, size))
     del out  # header and size on disk; the workers fill it
     tasks = [(str(path), s, [str(f) for f in files[s:s + CHUNK]], size, channels, resize)
              for s in range(0, len(files), CHUNK)]
-    workers = min(workers or os.cpu_count() or 1, len(tasks))
+    workers = min(workers or usable_cores(), len(tasks))
     if workers <= 1:
         for task in tasks:
             _decode_chunk(task)

@@ -1,10 +1,15 @@
-"""The image manifest: one row per file, read once, cached by what proves a file unchanged.
+"""The image manifest: one row per file, decoded once per content, cached by what proves a file
+unchanged.
 
-Rows are computed in a thread pool (Pillow's decoders and hashlib release the GIL) and cached
-in a CSV keyed by path and stat key (size, mtime, inode, ctime: ``listing.stat_key``), so
-re-validating 70,000 unchanged images reads no image, and a rewritten file is read again even
-when its size and mtime are the same. Each file is decoded by ``data.decode`` (the one decode
-path) and hashed by ``data.nearcopy`` (the one near-copy rule).
+Rows are computed in a thread pool (Pillow's decoders and hashlib release the GIL), two threads
+per usable core, and cached in a CSV keyed by path and stat key (size, mtime, inode, ctime:
+``listing.stat_key``), so re-validating 70,000 unchanged images reads no image, and a rewritten
+file is read again even when its size and mtime are the same. A file whose stat key changed but
+whose bytes did not (``dvc checkout --relink`` gives every file a new inode and ctime; so do a
+copy or a restore) is read and hashed, never decoded again: a row is a function of the path,
+the label and the bytes. Each file is decoded by ``data.decode`` (the one decode path), a JPEG
+at the smallest DCT scale that still holds the pHash's 64x64 input, and hashed by
+``data.nearcopy`` (the one near-copy rule).
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline_tasks.data.cores import usable_cores
 from pipeline_tasks.data.decode import REFUSED_FIX, normalise, open_file, refused_format
-from pipeline_tasks.data.listing import BAD_NAME, list_images, list_pool
-from pipeline_tasks.data.nearcopy import phash
+from pipeline_tasks.data.listing import BAD_NAME, CACHE_VERSION, list_images, list_pool
+from pipeline_tasks.data.nearcopy import PHASH_INPUT, phash
 
 MANIFEST_COLUMNS = [
     "path", "label", "format", "mode", "width", "height", "frames", "bytes", "sha256", "phash",
@@ -36,19 +42,23 @@ def _row(rel: str, label: str, **values: Any) -> dict[str, Any]:
             "refused_link": False, "bad_name": False, "stat_key": "", **values}
 
 
-def describe_file(path: Path, rel: str, label: str) -> dict[str, Any]:
+def describe_file(path: Path, rel: str, label: str, known: dict[str, Any] | None = None) -> dict[str, Any]:
     """One manifest row: format, original mode and size, frame count; the pixels decoded (catches
-    truncation); the bytes' sha256 and the decoded image's pHash."""
+    truncation: a JPEG's entropy-coded data is read in full even at a reduced DCT scale); the
+    bytes' sha256 and the decoded image's pHash. ``known``: an earlier row of this path, returned
+    as it is, without decoding, when the bytes' sha256 and the label are still its own."""
     row = _row(rel, label)
     try:
         raw = path.read_bytes()
         row.update(bytes=len(raw), sha256=hashlib.sha256(raw).hexdigest())
+        if known is not None and (known["sha256"], known["label"]) == (row["sha256"], label):
+            return dict(known)
         if (kind := refused_format(path.name, raw[:16])) is not None:
             return {**row, "format": kind, "error": f"{kind} is not supported; {REFUSED_FIX}"}
         with open_file(raw, rel) as im:
             row.update(format=im.format or "", mode=im.mode, width=im.width, height=im.height,
                        frames=int(getattr(im, "n_frames", 1)))
-            row.update(phash=phash(normalise(im)), decodes=True)
+            row.update(phash=phash(normalise(im, PHASH_INPUT)), decodes=True)
     except Exception as exc:  # PIL raises many types for bad files: record, never crash
         row["error"] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return row
@@ -85,9 +95,7 @@ def build_manifest(data_dir: str | Path, cache_file: str | Path | None = None,
     bad = listing["stat_key"].eq(BAD_NAME)
     links = listing[listing["stat_key"].isna()]
     todo = listing[~hit & listing["stat_key"].notna() & ~bad]
-    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) * 2)) as executor:
-        fresh = list(executor.map(lambda r: {**describe_file(root / r[1], r[1], r[0]), "stat_key": r[2]},
-                              todo.itertuples(index=False, name=None)))
+    fresh = _describe_all(root, todo, cache, workers or 2 * usable_cores())
     fresh += [_row(path, label, refused_link=True, error=LINK_ERRORS[refuse_links])
               for label, path in links[["label", "path"]].itertuples(index=False, name=None)]
     fresh += [_row(path, label, bad_name=True,
@@ -103,6 +111,21 @@ def build_manifest(data_dir: str | Path, cache_file: str | Path | None = None,
         manifest.to_csv(tmp, index=False)
         os.replace(tmp, cache_file)
     return manifest
+
+
+def _describe_all(root: Path, todo: pd.DataFrame, cache: pd.DataFrame | None,
+                  workers: int) -> list[dict[str, Any]]:
+    """Rows of ``todo`` (label, path, stat key) on ``workers`` threads, each handed its cached row
+    of this code's ``CACHE_VERSION`` (if any) to reuse when its bytes are unchanged."""
+    known: dict[str, dict[str, Any]] = {}
+    if cache is not None:
+        ours = cache["stat_key"].str.startswith(f"v{CACHE_VERSION}:")
+        current = cache[cache["path"].isin(todo["path"]) & ours]
+        known = {r["path"]: r for r in current.drop_duplicates("path").to_dict("records")}
+    with ThreadPoolExecutor(max_workers=workers) as executor:
+        return list(executor.map(
+            lambda r: {**describe_file(root / r[1], r[1], r[0], known.get(r[1])), "stat_key": r[2]},
+            todo.itertuples(index=False, name=None)))
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:

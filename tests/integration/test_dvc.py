@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from tests.conftest import REPO, write_tiny_params
 
@@ -152,3 +155,43 @@ def test_a_symlink_in_a_tracked_folder_is_refused_before_dvc_add(tmp_path: Path,
     assert run.returncode == 1 and "3/link.png" in run.stderr and "dvc add" in run.stderr, run.stderr[-2000:]
     assert _snapshot(root / "data") == before  # still a link, nothing copied or rewritten
     assert (root / "data.dvc").read_text() == tracked  # nothing recorded
+
+
+def _bytes_on_disk(*folders: Path) -> int:
+    """Disk space (allocated blocks) of the regular files under ``folders``, each inode once."""
+    seen, total = set(), 0
+    for folder in folders:
+        for path in folder.rglob("*"):
+            st = path.lstat()
+            if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+    return total
+
+
+def test_import_keeps_one_copy_of_the_images_beside_the_source(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 15: `data import-folder` copied the photos into data/ and `dvc add` copied them again
+    into .dvc/cache, three copies with the source. With the project's .dvc/config (a clone has
+    it) data/ and the cache share one copy, and the version is recorded as before."""
+    from flows.cli import main
+
+    src, rng = tmp_path / "photos", np.random.default_rng(0)
+    for i in range(36):
+        (src / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(src / f"c{i % 3}" / f"{i:03d}.jpg", quality=90)
+    project = tmp_path / "project"
+    project.mkdir()
+    _sh(project, "git", "init", "-q")
+    _sh(project, sys.executable, "-m", "dvc", "init", "-q")
+    shutil.copy(REPO / ".dvc" / "config", project / ".dvc" / "config")
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(project)
+    assert main(["data", "import-folder", str(src)]) == 0
+    assert "DVC: recorded data in data.dvc" in capsys.readouterr().out
+    one_copy = _bytes_on_disk(src)
+    stored = _bytes_on_disk(project / "data", project / ".dvc" / "cache")
+    assert stored <= 1.1 * one_copy, f"data/ and .dvc/cache take {stored / one_copy:.2f} copies of the images"
+    assert yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["nfiles"] == 36
+    assert "up to date" in _sh(project, sys.executable, "-m", "dvc", "status")

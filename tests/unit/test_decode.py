@@ -17,9 +17,10 @@ from PIL import Image, ImageCms, ImageOps
 from PIL.JpegImagePlugin import JpegImageFile
 
 from pipeline_tasks.data.cache import decode_into
-from pipeline_tasks.data.decode import DecodeError, decode, prepare_image, to_uint8
+from pipeline_tasks.data.decode import DecodeError, decode, normalise, prepare_image, to_uint8
 from pipeline_tasks.data.inputs import prepare_batch
 from pipeline_tasks.data.manifest import describe_file
+from pipeline_tasks.data.nearcopy import phash
 
 S = 32  # square and unresized: the cache holds exactly the decoded pixels
 CMYK_ICC = Path("/usr/share/color/icc/ghostscript/default_cmyk.icc")  # Debian's libgs-common
@@ -245,3 +246,19 @@ def test_a_jpeg_decodes_at_the_dct_scale_its_input_size_needs(
     assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 8, (diff.mean(), np.percentile(diff, 99))
     served = prepare_batch([base64.b64encode(path.read_bytes()).decode()], size, 3, resize)[0]
     assert np.array_equal(served, got)  # the served model drafts exactly as training did
+
+
+def test_the_manifest_hashes_a_jpeg_from_its_draft(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gate decodes a photo at 1/8 scale, what the 64x64 pHash input needs, and records its
+    size from the header; the hash stays within a few bits of a full decode's (16 make a copy)."""
+    path = tmp_path / "photo.jpg"
+    _photo(path, orientation=6)
+    drafted: list[tuple[int, int]] = []
+    real_draft = JpegImageFile.draft
+    monkeypatch.setattr(JpegImageFile, "draft", lambda self, mode, want: (
+        drafted.append(want), real_draft(self, mode, want))[1])
+    row = describe_file(path, "a/photo.jpg", "a")
+    assert drafted == [(64, 64)] and (row["width"], row["height"], row["decodes"]) == (1024, 768, True)
+    with Image.open(path) as im:
+        full = phash(normalise(im))
+    assert bin(int(row["phash"], 16) ^ int(full, 16)).count("1") <= 4

@@ -1,6 +1,7 @@
 """The validation gate on tiny real data: passes good folders, names the bad file otherwise."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from PIL import Image
 import pipeline_tasks.data.manifest as manifest_module
 from pipeline_tasks.config import ValidateConfig
 from pipeline_tasks.data.errors import DataError
+from pipeline_tasks.data.listing import CACHE_VERSION
 from pipeline_tasks.data.manifest import build_manifest
 from pipeline_tasks.data.validate import validate_data
 
@@ -38,7 +40,7 @@ def test_manifest_cache_reads_only_changed_files(data: Path, tmp_path: Path,
     reads: list[str] = []
     real = manifest_module.describe_file
     monkeypatch.setattr(manifest_module, "describe_file",
-                        lambda p, rel, label: reads.append(rel) or real(p, rel, label))
+                        lambda p, rel, label, known=None: reads.append(rel) or real(p, rel, label, known))
     warm = build_manifest(data, cache)
     pd.testing.assert_frame_equal(cold, warm)
     assert reads == []  # nothing decoded or hashed again
@@ -49,6 +51,35 @@ def test_manifest_cache_reads_only_changed_files(data: Path, tmp_path: Path,
     assert sorted(reads) == sorted([f"2/{changed.name}", "2/new.png"]) and len(again) == 121
     assert again.set_index("path").at[f"2/{changed.name}", "sha256"] != \
         cold.set_index("path").at[f"2/{changed.name}", "sha256"]
+
+
+def test_a_relinked_file_is_hashed_not_decoded_again(data: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dvc checkout --relink` (or a copy, or a restore) gives a file a new inode and ctime with
+    the same bytes: it is read and hashed, never decoded again; new bytes are decoded."""
+    cache = tmp_path / "cache.csv"
+    first = build_manifest(data, cache)
+    decoded: list[str] = []
+    real = manifest_module.normalise
+    monkeypatch.setattr(manifest_module, "normalise", lambda im, size: decoded.append(im) or real(im, size))
+    relinked, rewritten = sorted((data / "4").iterdir())[:2]
+    for f in (relinked, rewritten):
+        shutil.copy2(f, tmp_path / "moved")
+        os.replace(tmp_path / "moved", f)  # a new inode: the stat key no longer matches
+    rewritten.write_bytes(sorted((data / "6").iterdir())[0].read_bytes())
+    again = build_manifest(data, cache)
+    assert len(decoded) == 1  # the rewritten file only
+
+    def unchanged(m: pd.DataFrame) -> pd.DataFrame:
+        return m[m["path"] != f"4/{rewritten.name}"].drop(columns="stat_key").reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(unchanged(first), unchanged(again))
+    assert build_manifest(data, cache)["stat_key"].equals(again["stat_key"])  # the new keys are cached
+    assert len(decoded) == 1
+    older = cache.read_text().replace(f"v{CACHE_VERSION}:", "v0:")  # rows of another code version
+    cache.write_text(older)
+    build_manifest(data, cache)
+    assert len(decoded) == 1 + len(first)  # never reused, whatever their bytes
 
 
 def test_expected_classes_and_imbalance(data: Path, tmp_path: Path) -> None:
