@@ -21,6 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
 from flows.gate import Comparison
+from pipeline_tasks.data.batches import Rows
 from pipeline_tasks.data.cache import open_images, recipe
 from pipeline_tasks.data.decode import load_image
 from pipeline_tasks.evaluation.compare import mcnemar, paired_bootstrap
@@ -53,10 +54,12 @@ def _predict(classifier: Path, test: pd.DataFrame, keep: np.ndarray, preprocesse
     own = classifier_recipe(classifier)
     runtime = resolve_runtime("cpu" if not torch.cuda.is_available() else "auto", "auto", "register")
     if {k: own.get(k) for k in ("image_size", "channels", "resize")} == recipe(preprocessed_dir):
-        images: Any = open_images(preprocessed_dir, "test")[np.flatnonzero(keep)]
-    else:
+        images = Rows.select(open_images(preprocessed_dir, "test"), np.flatnonzero(keep))
+    else:  # the original files, decoded a batch at a time
         size, channels, resize = own["image_size"], own["channels"], own.get("resize", "crop")
-        images = np.stack([load_image(data_dir / p, size, channels, resize) for p in test.loc[keep, "path"]])
+        paths = test.loc[keep, "path"].to_numpy()
+        images = Rows(len(paths), lambda at: np.stack([load_image(data_dir / p, size, channels, resize)
+                                                       for p in paths[at]]))
     logits = predict_logits(model.to(runtime.device), images, runtime.device, 256, runtime.dtype)
     return np.array(classes)[logits.argmax(1).numpy()]
 

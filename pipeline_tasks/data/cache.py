@@ -128,8 +128,3 @@ def recipe(out_dir: str | Path) -> dict[str, Any]:
     _, channels, size, _ = open_images(out_dir, "train").shape
     return {"image_size": int(info.get("image_size") or size),
             "channels": int(info.get("channels") or channels), "resize": str(info.get("resize", "squash"))}
-
-
-def load_pool(out_dir: str | Path) -> torch.Tensor:
-    """The unlabeled pool's images, uint8 ``[N,C,H,W]`` (``N`` = 0 without a pool), in memory."""
-    return torch.from_numpy(np.array(open_images(out_dir, "pool")))

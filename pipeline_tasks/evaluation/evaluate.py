@@ -22,10 +22,10 @@ from pipeline_tasks.evaluation.plots import (
     reliability_diagram,
     worst_misclassified,
 )
-from pipeline_tasks.evaluation.references import Split, best_of, reference_points
+from pipeline_tasks.evaluation.references import Chunks, Split, best_of, reference_points
 from pipeline_tasks.finetune.subsets import load_label_budget
 from pipeline_tasks.models.classifier import load_classifier
-from pipeline_tasks.models.inference import embed, predict_logits
+from pipeline_tasks.models.inference import Images, embed, predict_logits
 from pipeline_tasks.models.weights import load_encoder
 from pipeline_tasks.runtime import Runtime, resolve_runtime
 
@@ -56,6 +56,7 @@ def score(preprocessed_dir: str | Path, classifier_path: str | Path, batch_size:
 
 
 # baseline name -> the prefix of its lift metrics (points and McNemar p-value)
+PIXEL_CHUNK_BYTES = 64 << 20  # of float64 test pixels the pixel references hold at once
 LIFTS = {"scratch": "lift", "pretrained": "pool_lift", "init": "lift_over_init"}
 
 
@@ -104,19 +105,23 @@ def evaluate_classifier(
 def reference_metrics(preprocessed_dir: Path, encoder_path: Path, labels_path: Path,
                       runtime: Runtime) -> dict[str, float]:
     """The reference points' test accuracies with the run's labels, the best pixel and encoder
-    model (chosen on validation), and how many points the encoder beats pixels by."""
+    model (chosen on validation), and how many points the encoder beats pixels by. The test
+    split's pixels are read a chunk at a time (``PIXEL_CHUNK_BYTES``), its embeddings once."""
     train_idx, val_idx = load_label_budget(labels_path)
     encoder = load_encoder(encoder_path).to(runtime.device)
-    parts = {"train": train_idx, "val": val_idx, "test": None}
+
+    def features(x: Images) -> np.ndarray:
+        return embed(encoder, x, runtime.device, normalize=False, dtype=runtime.dtype).cpu().numpy()
+
     pixels, embedded = [], []
-    for split, idx in parts.items():
-        images, labels = open_images(preprocessed_dir, split), load_split_labels(preprocessed_dir, split)
-        rows = np.arange(len(labels)) if idx is None else idx.numpy()
-        x = np.array(images[rows])
-        pixels.append(Split(x.reshape(len(x), -1) / 255.0, labels[rows]))
-        feats = embed(encoder, x, runtime.device, normalize=False, dtype=runtime.dtype).cpu().numpy()
-        embedded.append(Split(feats, labels[rows]))
-    found = reference_points((pixels[0], pixels[1], pixels[2]), (embedded[0], embedded[1], embedded[2]))
+    for split, idx in (("train", train_idx.numpy()), ("val", val_idx.numpy())):
+        x = np.array(open_images(preprocessed_dir, split)[idx])
+        y = load_split_labels(preprocessed_dir, split)[idx]
+        pixels.append(Split(_flat(x), y))
+        embedded.append(Split(features(x), y))
+    test, test_y = open_images(preprocessed_dir, "test"), load_split_labels(preprocessed_dir, "test")
+    found = reference_points((pixels[0], pixels[1], _pixel_chunks(test, test_y)),
+                             (embedded[0], embedded[1], Split(features(test), test_y)))
     out = {f"{r.name}_test_accuracy": r.test_accuracy for r in found}
     best_pixels, best_encoder = best_of(found, "pixels"), best_of(found, "encoder")
     assert best_pixels is not None and best_encoder is not None
@@ -124,6 +129,17 @@ def reference_metrics(preprocessed_dir: Path, encoder_path: Path, labels_path: P
     out.update(pixels_test_accuracy=pixel, encoder_test_accuracy=encoded,
                encoder_over_pixels_points=round((encoded - pixel) * 100, 2))
     return out
+
+
+def _flat(images: np.ndarray) -> np.ndarray:
+    """uint8 ``[N, C, H, W]`` -> float64 ``[N, C*H*W]`` in [0, 1]: the pixel references' features."""
+    return np.asarray(images).reshape(len(images), -1) / 255.0
+
+
+def _pixel_chunks(images: np.ndarray, labels: np.ndarray) -> Chunks:
+    """The split's pixel features, ``PIXEL_CHUNK_BYTES`` at a time."""
+    rows = max(1, PIXEL_CHUNK_BYTES // (8 * int(np.prod(images.shape[1:]))))
+    return lambda: (Split(_flat(images[s:s + rows]), labels[s:s + rows]) for s in range(0, len(labels), rows))
 
 
 def _worst(preprocessed_dir: Path, probs: np.ndarray, y_true: np.ndarray, classes: list[str], path: Path,

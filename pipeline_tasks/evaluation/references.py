@@ -6,19 +6,22 @@ a logistic regression on raw pixels, and nothing on the run said so).
 - ``encoder``: a k-NN (cosine) and a linear probe (logistic regression) on its embeddings.
 
 Each is trained on the run's labeled training subset, its one setting (inverse regularisation
-``C``, or ``k``) chosen on the run's validation labels, and scored once on the test split.
+``C``, or ``k``) chosen on the run's validation labels, and scored once on the test split, which
+may come a chunk at a time (``Chunks``) so that its raw pixels are never all in memory at once.
 scikit-learn does the fitting; the module only wires the run's splits to it.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
@@ -33,6 +36,9 @@ class Split:
     y: np.ndarray
 
 
+Chunks = Callable[[], Iterable[Split]]  # a split read a chunk at a time, from the start at each call
+
+
 @dataclass(frozen=True)
 class Reference:
     name: str  # e.g. "pixels_logreg"
@@ -41,34 +47,40 @@ class Reference:
     test_accuracy: float
 
 
-def _accuracy(model: object, data: Split) -> float:
-    return float((model.predict(data.x) == data.y).mean()) if len(data.y) else float("nan")  # type: ignore[attr-defined]
+def _accuracy(model: object, parts: Iterable[Split]) -> float:
+    correct, total = 0, 0
+    for part in parts:
+        correct += int((model.predict(part.x) == part.y).sum()) if len(part.y) else 0  # type: ignore[attr-defined]
+        total += len(part.y)
+    return correct / total if total else float("nan")
 
 
 def _choose(name: str, candidates: list[tuple[str, object]], train: Split, val: Split,
-            test: Split) -> Reference:
+            test: Split | Chunks) -> Reference:
     """Fit each candidate on ``train``, keep the best on ``val`` (the first on ties), score it
-    on ``test``."""
+    on ``test`` (a ``Split``, or ``Chunks`` of it)."""
     best: tuple[float, str, object] | None = None
     for setting, model in candidates:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             model.fit(train.x, train.y)  # type: ignore[attr-defined]
-        score = _accuracy(model, val)
+        score = _accuracy(model, [val])
         if best is None or score > best[0] or np.isnan(best[0]):
             best = (score, setting, model)
     assert best is not None
-    return Reference(name, best[1], best[0], _accuracy(best[2], test))
+    parts = [test] if isinstance(test, Split) else test()
+    return Reference(name, best[1], best[0], _accuracy(best[2], parts))
 
 
-def logistic_regression(name: str, train: Split, val: Split, test: Split) -> Reference:
-    """Multinomial logistic regression on standardised features, ``C`` chosen on ``val``."""
-    scaler = StandardScaler().fit(train.x)
-    scaled = [Split(scaler.transform(s.x), s.y) for s in (train, val, test)]
-    return _choose(name, [(f"C={c}", LogisticRegression(C=c, max_iter=500)) for c in C_GRID], *scaled)
+def logistic_regression(name: str, train: Split, val: Split, test: Split | Chunks) -> Reference:
+    """Multinomial logistic regression on features standardised by the training subset's mean
+    and spread, ``C`` chosen on ``val``."""
+    models = [(f"C={c}", make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=500)))
+              for c in C_GRID]
+    return _choose(name, models, train, val, test)
 
 
-def knn(name: str, train: Split, val: Split, test: Split) -> Reference:
+def knn(name: str, train: Split, val: Split, test: Split | Chunks) -> Reference:
     """Cosine k-NN (distance-weighted votes), ``k`` chosen on ``val`` among those the training
     set allows."""
     ks = [k for k in K_GRID if k <= len(train.y)] or [1]
@@ -76,8 +88,8 @@ def knn(name: str, train: Split, val: Split, test: Split) -> Reference:
     return _choose(name, models, train, val, test)
 
 
-def reference_points(pixels: tuple[Split, Split, Split], embeddings: tuple[Split, Split, Split] | None
-                     ) -> list[Reference]:
+def reference_points(pixels: tuple[Split, Split, Split | Chunks],
+                     embeddings: tuple[Split, Split, Split | Chunks] | None) -> list[Reference]:
     """The four reference points (two without an encoder): ``(train, val, test)`` of raw pixels
     ``[N, C*H*W]`` in [0, 1] and of encoder embeddings ``[N, D]``."""
     found = [logistic_regression("pixels_logreg", *pixels), knn("pixels_knn", *pixels)]

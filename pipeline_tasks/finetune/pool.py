@@ -36,8 +36,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline_tasks.config import PoolConfig
-from pipeline_tasks.data.batches import BatchSource
-from pipeline_tasks.data.cache import load_split, open_images
+from pipeline_tasks.data.batches import BatchSource, Rows
+from pipeline_tasks.data.cache import load_split_labels, open_images
 from pipeline_tasks.finetune.subsets import load_label_budget
 from pipeline_tasks.models.classifier import load_classifier, save_classifier
 from pipeline_tasks.models.inference import predict_logits
@@ -73,11 +73,11 @@ class PoolRecord:
 
 @dataclass
 class _Data:
-    labeled_x: torch.Tensor  # uint8 [L, C, H, W] on the device
+    labeled_x: BatchSource  # uint8 [L, C, H, W], the labeled rows of the training split
     labeled_y: torch.Tensor
     pool: BatchSource  # the pool's images and the training split's, memory-mapped, P in all
     targets: torch.Tensor | None  # self-training: soft targets [P, K]
-    val: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[Rows, torch.Tensor]  # the validation labels' images, read a batch at a time
     rows: torch.Generator  # on the CPU: which pool images each step draws
 
 
@@ -110,7 +110,7 @@ def _unlabeled_loss(model: nn.Module, batch: torch.Tensor, targets: torch.Tensor
     return loss, mask.mean()
 
 
-def _val_accuracy(model: nn.Module, val: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> float:
+def _val_accuracy(model: nn.Module, val: tuple[Rows, torch.Tensor], device: torch.device) -> float:
     x, y = val
     if len(x) == 0:
         return float("nan")
@@ -124,7 +124,7 @@ def _step(model: nn.Module, data: _Data, cfg: PoolConfig, g: torch.Generator, fa
     model.train()
     loss = F.cross_entropy(model(WEAK(data.labeled_x[idx], g)).float(), data.labeled_y[idx])
     rows = torch.randint(0, len(data.pool), (cfg.unlabeled_batch,), generator=data.rows)
-    batch = next(data.pool.batches([rows]))
+    batch = data.pool[rows]
     targets = None if data.targets is None else data.targets[rows.to(fabric.device)]
     extra, used = _unlabeled_loss(model, batch, targets, cfg, g)
     loss = loss + cfg.unlabeled_weight * extra
@@ -171,14 +171,15 @@ def learn_from_pool(preprocessed_dir: str | Path, classifier_path: str | Path, c
     fabric = distributed.single_device(runtime)
     model, classes = load_classifier(classifier_path)
     model = model.to(fabric.device)
-    train_x, train_y = load_split(pre, "train")
-    val_x, val_y = load_split(pre, "val")
+    train_y, val_y = (torch.from_numpy(load_split_labels(pre, split)) for split in ("train", "val"))
     subset, val_subset = load_label_budget(labels_path)
     unlabeled = _unlabeled(pre, fabric.device)
     distil = cfg.method == "self_training"
     targets = _soft_targets(model, unlabeled, fabric, cfg.temperature) if distil else None
-    data = _Data(train_x[subset].to(fabric.device), train_y[subset].to(fabric.device), unlabeled, targets,
-                 (val_x[val_subset], val_y[val_subset]), torch.Generator().manual_seed(cfg.seed))
+    labeled = BatchSource([open_images(pre, "train")], fabric.device, rows=subset.numpy())
+    val = (Rows.select(open_images(pre, "val"), val_subset), val_y[val_subset])
+    data = _Data(labeled, train_y[subset].to(fabric.device), unlabeled, targets, val,
+                 torch.Generator().manual_seed(cfg.seed))
     start, best, step = _train(model, data, cfg, fabric, log_metrics)
     log.info("pool (%s): %d unlabeled images, %d steps, val accuracy %.4f -> %.4f (step %d)", cfg.method,
              len(unlabeled), cfg.steps, start, best, step)

@@ -24,13 +24,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from lightning_fabric import Fabric
 from torch import nn
 
 from pipeline_tasks.config import FinetuneConfig
-from pipeline_tasks.data.cache import load_split, recipe, view_source
+from pipeline_tasks.data.batches import BatchSource, Rows
+from pipeline_tasks.data.cache import load_split_labels, open_images, recipe, view_source
 from pipeline_tasks.finetune.subsets import (
     LABELS,
     labeled_subset,
@@ -108,7 +108,7 @@ def _inputs(x: torch.Tensor, augment: ViewAugment | None, generator: torch.Gener
     return inputs.contiguous(memory_format=torch.channels_last) if x.device.type == "cuda" else inputs
 
 
-def _fit(model: nn.Module, param_groups: list[dict[str, Any]], data: tuple[torch.Tensor, ...],
+def _fit(model: nn.Module, param_groups: list[dict[str, Any]], data: tuple[Any, ...],
          cfg: FinetuneConfig, fabric: Fabric, augment: ViewAugment | None,
          log_metrics: LogMetrics, on_features: bool = False) -> _Fit:
     """The step loop shared by every mode, under ``fabric`` (its device and precision).
@@ -149,7 +149,7 @@ def _fit(model: nn.Module, param_groups: list[dict[str, Any]], data: tuple[torch
     return best
 
 
-def _linear_probe(encoder: ResNetEncoder, n_classes: int, data: tuple[torch.Tensor, ...],
+def _linear_probe(encoder: ResNetEncoder, n_classes: int, data: tuple[Any, ...],
                   cfg: FinetuneConfig, fabric: Fabric, runtime: Runtime, log_metrics: LogMetrics) -> tuple[
                       Classifier, _Fit]:
     """Features once, standardised; a linear head on them, folded back into one Classifier."""
@@ -183,20 +183,23 @@ def starting_encoder(encoder_path: str | Path, mode: str, init_path: str | Path 
     return encoder
 
 
-def _views(preprocessed_dir: str | Path, subset: torch.Tensor, data: tuple[torch.Tensor, ...],
-           cfg: FinetuneConfig) -> tuple[ViewAugment | None, tuple[torch.Tensor, ...]]:
-    """The training views and the images they are cut from: the labeled rows of ``view_source``
-    (the ``cache_size`` images when preprocess wrote them), views made ``image_size`` px; with
-    ``augment: none``, ``data`` as it is (the ``image_size`` images)."""
-    augment = FINETUNE_AUGMENT.get(cfg.augment)
-    if augment is None:
-        return None, data
-    x = torch.from_numpy(np.array(view_source(preprocessed_dir, "train")[subset.numpy()]))
-    size = int(recipe(preprocessed_dir)["image_size"])
-    return augment.replace(out_size=size), (x.to(data[0].device), *data[1:])
+def _augment(preprocessed_dir: str | Path, mode: str, cfg: FinetuneConfig) -> ViewAugment | None:
+    """The training views (``cfg.augment``) made ``image_size`` px; none for a linear probe,
+    whose features are computed once, or with ``augment: none``."""
+    augment = None if mode == "linear" else FINETUNE_AUGMENT.get(cfg.augment)
+    return None if augment is None else augment.replace(out_size=int(recipe(preprocessed_dir)["image_size"]))
 
 
-def _train_network(encoder: ResNetEncoder, n_classes: int, mode: str, data: tuple[torch.Tensor, ...],
+def _labeled_images(preprocessed_dir: str | Path, subset: torch.Tensor, augment: ViewAugment | None,
+                    device: torch.device) -> BatchSource:
+    """The labeled images, streamed from the memory map (on the device whole when they fit):
+    with an ``augment``, the rows of ``view_source`` that its ``image_size`` views are cut from
+    (the ``cache_size`` images when preprocess wrote them); without, the ``image_size`` images."""
+    pick = open_images if augment is None else view_source
+    return BatchSource([pick(preprocessed_dir, "train")], device, rows=subset.numpy())
+
+
+def _train_network(encoder: ResNetEncoder, n_classes: int, mode: str, data: tuple[Any, ...],
                    cfg: FinetuneConfig, fabric: Fabric, log_metrics: LogMetrics,
                    augment: ViewAugment | None) -> tuple[Classifier, _Fit]:
     """Encoder and head trained together (``data``'s images through ``augment``); a pretrained
@@ -226,20 +229,21 @@ def finetune_classifier(
     torch.manual_seed(cfg.seed)
     runtime = resolve_runtime(cfg.device, cfg.precision, "finetune")
     fabric, device = distributed.single_device(runtime), runtime.device
-    train_x, train_y = load_split(preprocessed_dir, "train")
-    val_x, val_y = load_split(preprocessed_dir, "val")
+    train_y = torch.from_numpy(load_split_labels(preprocessed_dir, "train"))
+    val_y = torch.from_numpy(load_split_labels(preprocessed_dir, "val"))
     subset = labeled_subset(train_y, cfg.label_fraction, cfg.seed, cfg.labels_per_class)
     val_subset = stratified_subset(val_y, cfg.seed, per_class=cfg.val_per_class)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     save_label_budget(Path(out_dir) / LABELS, subset, val_subset)
-    data = (train_x[subset].to(device), train_y[subset].to(device), val_x[val_subset], val_y[val_subset])
+    val = (Rows.select(open_images(preprocessed_dir, "val"), val_subset), val_y[val_subset])
+    augment = _augment(preprocessed_dir, mode, cfg)
+    data = (_labeled_images(preprocessed_dir, subset, augment, device), train_y[subset].to(device), *val)
     encoder = starting_encoder(encoder_path, mode, init_path)
     if mode == "linear":
         encoder.requires_grad_(False)
         model, fit = _linear_probe(encoder, len(classes), data, cfg, fabric, runtime, log_metrics)
     else:
-        augment, cut = _views(preprocessed_dir, subset, data, cfg)
-        model, fit = _train_network(encoder, len(classes), mode, cut, cfg, fabric, log_metrics, augment)
+        model, fit = _train_network(encoder, len(classes), mode, data, cfg, fabric, log_metrics, augment)
     total, _ = step_budget(len(subset), cfg)
     log.info("finetune (%s): %d labeled + %d validation images, %d steps, best val_accuracy %.4f "
              "at step %d", mode, len(subset), len(val_subset), total, fit.accuracy, fit.step)

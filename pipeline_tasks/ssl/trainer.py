@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from pipeline_tasks.config import PretrainConfig
-from pipeline_tasks.data.cache import content_digest, load_split, load_split_labels, open_images, view_source
+from pipeline_tasks.data.batches import Rows
+from pipeline_tasks.data.cache import content_digest, load_split_labels, open_images, view_source
 from pipeline_tasks.evaluation.plots import view_grid
 from pipeline_tasks.models.encoders import ResNetEncoder
 from pipeline_tasks.models.inference import embed
@@ -36,6 +37,7 @@ from pipeline_tasks.storage import save_atomic
 # The monitor's MLflow name says what it uses: every labeled training image, not the run's label
 # budget (a diagnostic of the encoder, apart from the few-label numbers the evaluate stage reports).
 KNN_METRIC = "knn_accuracy_all_labels"
+KNN_SAMPLE = 10_000  # images per split the k-NN monitor embeds at most
 
 log = logging.getLogger(__name__)
 LogMetrics = Callable[[dict[str, float], int], None]
@@ -193,14 +195,25 @@ def _check_collapse(run: Run, metrics: dict[str, float]) -> None:
 
 
 def _knn_on_val(encoder: nn.Module, preprocessed_dir: Path, device: torch.device) -> float:
-    """k-NN accuracy of val images against every labeled training image's embedding: no label
-    trains the encoder, but it tells whether pretraining learned anything before fine-tuning."""
-    train_x, train_y = load_split(preprocessed_dir, "train")
-    val_x, val_y = load_split(preprocessed_dir, "val")
-    if len(val_x) == 0 or len(train_x) == 0:
+    """k-NN accuracy of val images against labeled training images' embeddings: no label trains
+    the encoder, but it tells whether pretraining learned anything before fine-tuning. At most
+    ``KNN_SAMPLE`` images of each split (a fixed sample, the same at every check), read a batch at
+    a time from the memory map: its cost does not grow with the dataset."""
+    x, y = _knn_sample(preprocessed_dir, "train")
+    val_x, val_y = _knn_sample(preprocessed_dir, "val")
+    if len(val_x) == 0 or len(x) == 0:
         return float("nan")
-    return knn_accuracy(embed(encoder, train_x, device), train_y.to(device),
+    return knn_accuracy(embed(encoder, x, device), y.to(device),
                         embed(encoder, val_x, device), val_y.to(device))
+
+
+def _knn_sample(preprocessed_dir: Path, split: str) -> tuple[Rows, torch.Tensor]:
+    """Rows of ``split`` for the k-NN monitor: all of them, or ``KNN_SAMPLE`` drawn with seed 0."""
+    labels = load_split_labels(preprocessed_dir, split)
+    rows = np.arange(len(labels))
+    if len(rows) > KNN_SAMPLE:
+        rows = np.sort(np.random.default_rng(0).choice(rows, KNN_SAMPLE, replace=False))
+    return Rows.select(open_images(preprocessed_dir, split), rows), torch.from_numpy(labels[rows])
 
 
 def save_view_grid(preprocessed_dir: Path, views: tuple[ViewAugment, ViewAugment], path: Path,

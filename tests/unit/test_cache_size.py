@@ -81,12 +81,15 @@ def test_pretraining_views_take_real_pixels_from_the_larger_cache(tmp_path: Path
 
 def test_finetuning_views_take_real_pixels_from_the_larger_cache(tmp_path: Path) -> None:
     from pipeline_tasks.config import FinetuneConfig
-    from pipeline_tasks.finetune.train import _views
+    from pipeline_tasks.finetune.train import _augment, _labeled_images
 
     pre = tiny_cache(tmp_path / "pre", checkerboard(40), np.full((8, 3, 32, 32), 128, np.uint8))
     subset = torch.tensor([1, 3])
-    data = (torch.full((2, 3, 32, 32), 128, dtype=torch.uint8), torch.tensor([1, 1]))
-    augment, (x, y) = _views(pre, subset, data, FinetuneConfig(augment="natural"))
+    augment = _augment(pre, "full", FinetuneConfig(augment="natural"))
+    x = _labeled_images(pre, subset, augment, torch.device("cpu"))[0:2]
     assert augment is not None and augment.out_size == 32 and tuple(x.shape) == (2, 3, 40, 40)
-    assert neighbour_contrast(augment(x, torch.Generator().manual_seed(0))) > 0.5 and y is data[1]
-    assert _views(pre, subset, data, FinetuneConfig(augment="none")) == (None, data)
+    assert neighbour_contrast(augment(x, torch.Generator().manual_seed(0))) > 0.5
+    for mode, name in (("full", "none"), ("linear", "natural")):  # no views: the 32 px images as they are
+        assert _augment(pre, mode, FinetuneConfig(augment=name)) is None
+    plain = _labeled_images(pre, subset, None, torch.device("cpu"))[0:2]
+    assert torch.equal(plain, torch.full((2, 3, 32, 32), 128, dtype=torch.uint8))

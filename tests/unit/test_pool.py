@@ -13,7 +13,7 @@ from PIL import Image
 
 from flows.cli import main
 from pipeline_tasks.config import PipelineConfig, ValidateConfig
-from pipeline_tasks.data.cache import load_pool
+from pipeline_tasks.data.cache import open_images
 from pipeline_tasks.data.datasets import labeled_mask, write_labeled_and_pool
 from pipeline_tasks.data.errors import DataError, DatasetError
 from pipeline_tasks.data.importers import import_unlabeled
@@ -82,7 +82,7 @@ def test_pretraining_uses_pool_plus_labeled_training_images(tiny_data: Path, poo
     record = validate_data(tiny_data, CFG, tmp_path / "v", pool_dir=pool)
     pre = preprocess_data(record.manifest_path, tiny_data, tiny_cfg.data, tiny_cfg.preprocess,
                           tmp_path / "pre", (str(record.pool_manifest_path), pool))
-    assert pre.n_pool == 20 and load_pool(pre.out_dir).shape == (20, 1, 28, 28)
+    assert pre.n_pool == 20 and open_images(pre.out_dir, "pool").shape == (20, 1, 28, 28)
     pretrained = pretrain_encoder(pre.out_dir, tiny_cfg.pretrain, tmp_path / "pt")
     assert (pretrained.n_images, pretrained.n_pool) == (20 + pre.n_train, 20)
 
