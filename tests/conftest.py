@@ -14,10 +14,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_tasks.config import PipelineConfig, load_config
-from pipeline_tasks.data.datasets import write_builtin
-from pipeline_tasks.data.manifest import build_manifest
-from pipeline_tasks.data.preprocess import PreprocessRecord, preprocess_data
+# Under pytest-xdist (make test: two workers on a 2-core machine) each worker, and each command it
+# starts, runs torch and BLAS on one thread: two workers with two spinning OpenMP threads each made
+# small training steps 50x slower (a 0.9 s test took 52 s).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[_var] = "1"
+
+from pipeline_tasks.config import PipelineConfig, load_config  # noqa: E402
+from pipeline_tasks.data.datasets import write_builtin  # noqa: E402
+from pipeline_tasks.data.manifest import build_manifest  # noqa: E402
+from pipeline_tasks.data.preprocess import PreprocessRecord, preprocess_data  # noqa: E402
 
 # Before anything imports prefect: the tests' flow runs (and the CLI runs they start) go to a
 # throwaway Prefect home, never the user's ~/.prefect.
