@@ -45,20 +45,6 @@ TINY = [
 ]
 
 
-# The files that take minutes, run first: pytest-xdist hands out test files in collection order, and
-# the 3-seed label-efficiency test (7 minutes on one thread) left for last ran alone on one core.
-LONGEST_FIRST = ("tests/integration/test_label_efficiency.py", "tests/integration/test_dvc.py")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Reorder the collected tests: ``LONGEST_FIRST`` files at the front, everything else as it was."""
-    def rank(item: pytest.Item) -> int:
-        path = item.nodeid.split("::")[0]
-        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
-
-    items.sort(key=rank)
-
-
 def write_tiny_params(dest: Path, *extra: str) -> None:
     """params.yaml with TINY (and ``extra``) written in, for a command run in a project copy."""
     params = yaml.safe_load(PARAMS.read_text())
