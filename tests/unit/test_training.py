@@ -10,11 +10,13 @@ import torch
 from PIL import Image
 
 from pipeline_tasks.config import PipelineConfig
+from pipeline_tasks.data.cache import load_split_labels, open_images
 from pipeline_tasks.data.preprocess import PreprocessRecord
 from pipeline_tasks.evaluation.evaluate import evaluate_classifier
-from pipeline_tasks.finetune.subsets import labeled_subset
+from pipeline_tasks.finetune.subsets import LABELS, labeled_subset, load_label_budget
 from pipeline_tasks.finetune.train import finetune_classifier
 from pipeline_tasks.models.classifier import load_classifier
+from pipeline_tasks.models.inference import predict_logits
 from pipeline_tasks.models.weights import load_encoder
 from pipeline_tasks.ssl.optim import warmup_cosine
 from pipeline_tasks.ssl.trainer import pretrain_encoder
@@ -54,9 +56,12 @@ def test_finetune_then_evaluate(pre: PreprocessRecord, encoder_path: str, tiny_c
     rec = finetune_classifier(pre.out_dir, encoder_path, pre.classes, tiny_cfg.finetune, tmp_path / "ft")
     per_class = np.bincount(np.load(Path(pre.out_dir) / "train_labels.npy"))
     assert rec.n_labeled == sum(max(1, round(n * 0.5)) for n in per_class)  # label_fraction 0.5, >= 1 a class
-    assert 0 <= rec.best_val_accuracy <= 1
     model, classes = load_classifier(rec.classifier_path)
     assert classes == list(pre.classes)
+    _, val_idx = load_label_budget(tmp_path / "ft" / LABELS)  # the saved model is the one selected
+    val_y = load_split_labels(pre.out_dir, "val")[val_idx.numpy()]
+    logits = predict_logits(model, open_images(pre.out_dir, "val")[val_idx.numpy()], torch.device("cpu"))
+    assert (logits.argmax(1).numpy() == val_y).mean() == pytest.approx(rec.best_val_accuracy, abs=1e-6)
     ev = evaluate_classifier(pre.out_dir, rec.classifier_path, tiny_cfg.evaluate,
                              tmp_path / "metrics.json", tmp_path / "plots")
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -65,6 +70,7 @@ def test_finetune_then_evaluate(pre: PreprocessRecord, encoder_path: str, tiny_c
     predictions = pd.read_csv(tmp_path / "plots" / "predictions.csv", dtype=str)
     assert list(predictions.columns) == ["sha256", "actual", "predicted"] and len(predictions) == pre.n_test
     assert (predictions["sha256"].str.len() == 64).all()  # each test image named by its content
+    assert (predictions["actual"] == predictions["predicted"]).mean() == pytest.approx(ev.test_accuracy)
 
 
 def test_linear_probe_keeps_the_encoder(pre: PreprocessRecord, encoder_path: str,
