@@ -79,11 +79,11 @@ def stack(project: Path) -> Iterator[tuple[str, dict[str, str], list[subprocess.
             _wait(lambda: _api(api, "/health"), 120, "prefect server health", procs, logs)
             yield api, env, procs, logs
         finally:
+            # One at a time, the server last (as compose stops them): `serve` pauses its
+            # deployment through the API on SIGTERM, and waited 30 s for a server stopped with it.
             for proc in reversed(procs):
-                with_group = os.getpgid(proc.pid) if proc.poll() is None else None
-                if with_group:
-                    os.killpg(with_group, signal.SIGTERM)
-            for proc in procs:
+                if proc.poll() is None:
+                    os.killpg(os.getpgid(proc.pid), signal.SIGTERM)
                 try:
                     proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
