@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from flows.artifacts import ArtifactPaths, RunContext
 from flows.dvc import (
     DvcError,
     commit_stage_outputs,
@@ -19,17 +20,13 @@ from flows.dvc import (
 from flows.errors import UserError, print_summary
 from flows.tracking import TrackingError, lineage_tags, setup_tracking
 from pipeline_tasks.config import ConfigError, PipelineConfig, load_config
-from pipeline_tasks.data.cache import recipe
 from pipeline_tasks.data.datasets import UNLABELED, write_builtin
 from pipeline_tasks.data.decode import REFUSED, REFUSED_FIX
 from pipeline_tasks.data.errors import DataError, DatasetError
 from pipeline_tasks.data.idx import find_idx_pairs, import_idx
 from pipeline_tasks.data.importers import IMAGE_SUFFIXES, import_folder, import_unlabeled
 from pipeline_tasks.data.listing import list_images, list_pool
-from pipeline_tasks.finetune.suggest import check_paths, suggest_labels
-from pipeline_tasks.models.hub import check_init
-from pipeline_tasks.runtime import resolve_runtime
-from pipeline_tasks.ssl import distributed
+from pipeline_tasks.ssl import world
 
 INIT_STAGES = ("pretrain", "finetune")  # the stages that read pretrain.init
 
@@ -47,11 +44,15 @@ def _preflight(cfg: PipelineConfig, needs_init: bool = True) -> str:
     fetched; when the stages to run read them, ``needs_init``), the data folders and the
     tracking store. Under torchrun only rank 0 talks to MLflow (the others would race to
     create the experiment)."""
-    main = distributed.current().is_main
-    try:
-        check_init(cfg.pretrain.init if needs_init else None, cfg.pretrain.allow_download)
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
+    main = world.current().is_main
+    init = cfg.pretrain.init if needs_init else None
+    if init:  # hub imports torch and torchvision, which a stage such as validate never needs
+        from pipeline_tasks.models.hub import check_init  # noqa: PLC0415
+
+        try:
+            check_init(init, cfg.pretrain.allow_download)
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
     try:
         list_images(cfg.data.dir)
         if cfg.data.unlabeled_dir:
@@ -89,7 +90,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from flows.artifacts import ArtifactPaths, RunContext  # noqa: PLC0415
     from flows.stages import RUNNERS  # noqa: PLC0415
 
     cfg = _config(args)
@@ -163,7 +163,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 def _recipe(cfg: PipelineConfig) -> tuple[int, str, str]:
     """``(image_size, resize, where they come from)``: the preprocessed cache's recipe (what the
     encoder was trained on) when there is one, else params.yaml's data section."""
-    from flows.stages import ArtifactPaths  # noqa: PLC0415 - imports mlflow
+    from pipeline_tasks.data.cache import recipe  # noqa: PLC0415 - imports torch
 
     pre = ArtifactPaths().preprocessed
     if (pre / "splits.json").is_file():
@@ -173,6 +173,9 @@ def _recipe(cfg: PipelineConfig) -> tuple[int, str, str]:
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
+    from pipeline_tasks.finetune.suggest import check_paths, suggest_labels  # noqa: PLC0415 - torch
+    from pipeline_tasks.runtime import resolve_runtime  # noqa: PLC0415
+
     cfg = _config(args)
     pool = args.pool or cfg.data.unlabeled_dir
     if not pool:

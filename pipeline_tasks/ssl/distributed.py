@@ -16,7 +16,6 @@ system temp folder and moves across file systems, which is not atomic).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,28 +26,8 @@ from lightning_fabric.plugins import TorchCheckpointIO
 from lightning_fabric.strategies import SingleDeviceStrategy
 
 from pipeline_tasks.runtime import Runtime
+from pipeline_tasks.ssl.world import current
 from pipeline_tasks.storage import save_atomic
-
-
-@dataclass(frozen=True)
-class World:
-    rank: int = 0
-    size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.size > 1
-
-
-def current() -> World:
-    """The world this process belongs to, from torchrun's variables (one process without them)."""
-    return World(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                 int(os.environ.get("LOCAL_RANK", 0)))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
