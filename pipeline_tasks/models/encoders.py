@@ -60,7 +60,11 @@ class EncoderSpec:
 
 
 class ResNetEncoder(nn.Module):
-    """``[B, C, H, W]`` float in [-1, 1] -> ``[B, feature_dim]`` features (global average pooled)."""
+    """``[B, C, H, W]`` float in [-1, 1] -> ``[B, feature_dim]`` features (global average pooled).
+
+    Weights and activations are channels-last (NHWC): oneDNN's and cuDNN's faster convolution
+    layout. On this project's 2-core CPU a training step of the compact encoder runs 1.3-1.6x
+    faster in fp32 (``bench/channels_last.py``)."""
 
     input_scale: torch.Tensor | None
     input_shift: torch.Tensor | None
@@ -75,6 +79,7 @@ class ResNetEncoder(nn.Module):
         self._normalisation(spec.mean, spec.std)
         if spec.arch != "compact":
             self.body, self.feature_dim = _torchvision_resnet(spec)
+            self.to(memory_format=torch.channels_last)
             return
         w = spec.base_width
         layers: list[nn.Module] = [
@@ -96,6 +101,7 @@ class ResNetEncoder(nn.Module):
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.body = nn.Sequential(*layers)
         self.feature_dim = in_w
+        self.to(memory_format=torch.channels_last)
 
     def _normalisation(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         """``x * input_scale + input_shift`` on ``x`` in [-1, 1] is ``(pixel - mean) / std`` on the
@@ -111,7 +117,7 @@ class ResNetEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_scale is not None and self.input_shift is not None:
             x = x * self.input_scale + self.input_shift
-        return self.body(x)
+        return self.body(x.contiguous(memory_format=torch.channels_last))
 
 
 def _torchvision_resnet(spec: EncoderSpec) -> tuple[nn.Module, int]:
