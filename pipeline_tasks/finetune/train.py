@@ -101,11 +101,10 @@ class _Fit:
 def _inputs(x: torch.Tensor, augment: ViewAugment | None, generator: torch.Generator,
             on_features: bool) -> torch.Tensor:
     """A training batch as the model takes it: features as they are, images augmented (or only
-    scaled) and channels_last on CUDA."""
+    scaled; the encoder makes them channels-last)."""
     if on_features:
         return x
-    inputs = augment(x, generator) if augment else to_float(x)
-    return inputs.contiguous(memory_format=torch.channels_last) if x.device.type == "cuda" else inputs
+    return augment(x, generator) if augment else to_float(x)
 
 
 def _fit(model: nn.Module, param_groups: list[dict[str, Any]], data: tuple[Any, ...],
@@ -205,8 +204,6 @@ def _train_network(encoder: ResNetEncoder, n_classes: int, mode: str, data: tupl
     """Encoder and head trained together (``data``'s images through ``augment``); a pretrained
     (or ``init``) encoder at ``lr * encoder_lr_scale``, a scratch one at the head's ``lr``."""
     model = Classifier(encoder, n_classes).to(fabric.device)
-    if fabric.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
     scale = cfg.encoder_lr_scale if mode in ("full", "init") else 1.0
     groups: list[dict[str, Any]] = [{"params": model.encoder.parameters(), "lr": cfg.lr * scale},
                                     {"params": model.head.parameters()}]

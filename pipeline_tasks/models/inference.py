@@ -35,14 +35,12 @@ def _chunk(images: Images, start: int, batch: int, device: torch.device) -> torc
 def predict_logits(model: nn.Module, images: Images, device: torch.device,
                    batch: int = 512, dtype: torch.dtype | None = None) -> torch.Tensor:
     """uint8 ``[N,C,H,W]`` (memory-mapped or not) -> float logits ``[N, n_classes]`` on the
-    CPU; computed on ``device`` (channels_last on CUDA), where ``model`` must already be, under
+    CPU; computed on ``device``, where ``model`` must already be, under
     autocast to ``dtype`` when given (``Runtime.dtype``)."""
     model.eval()
     out = []
     for i in range(0, len(images), batch):
         x = to_float(_chunk(images, i, batch, device))
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             out.append(model(x).float())
     return torch.cat(out).cpu() if out else torch.empty(0)

@@ -142,8 +142,7 @@ def _budget(n: int, cfg: PretrainConfig, world_size: int) -> Budget:
 def _wrap(fabric: Fabric, method: SSLMethod, cfg: PretrainConfig, budget: Budget) -> tuple[
         nn.Module, Any, torch.optim.lr_scheduler.LambdaLR]:
     """The method and its optimiser under Fabric, and the warmup-cosine schedule."""
-    if fabric.device.type == "cuda":
-        method = method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    if fabric.device.type == "cuda":  # the encoder is channels-last on every device
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if fabric.world_size > 1:
         method.gather, method.rank = distributed.gatherer(fabric), fabric.global_rank
