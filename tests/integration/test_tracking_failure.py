@@ -50,7 +50,9 @@ def test_a_stopped_tracking_server_ends_the_run_cleanly(tmp_path: Path, tiny_dat
             os.killpg(server.pid, signal.SIGKILL)
         server.wait(timeout=30)
     assert run.returncode == 1, out[-3000:]
-    (message,) = [line for line in out.splitlines() if line.startswith("pretrainflow run: error:")]
+    messages = [line for line in out.splitlines() if line.startswith("pretrainflow run: error:")]
+    assert len(messages) == 1, out[-3000:]
+    message = messages[0]
     assert message.startswith("pretrainflow run: error: MLflow tracking store") and uri in message
     assert "Connection refused" in message and "No alias moved" in message and len(message) < 400
     client = mlflow.MlflowClient(store)  # the server's own store: nothing was registered
