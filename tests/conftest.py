@@ -45,9 +45,10 @@ TINY = [
 ]
 
 
-# Longest first (seconds of one worker, measured in `make test`): pytest-xdist hands each file to
-# one worker in this order (with --no-loadscope-reorder; by default it reorders by test count, which
-# put the one-test, 8-minute label-efficiency file last and left the other worker idle meanwhile).
+# Longest first (seconds of one worker in `make test`, measured before the channels-last encoder and
+# the per-stage imports made them shorter): pytest-xdist hands each file to one worker in this order
+# (with --no-loadscope-reorder; by default it reorders by test count, which put the one-test,
+# 8-minute label-efficiency file last and left the other worker idle meanwhile).
 LONGEST_FIRST = (
     "tests/integration/test_label_efficiency.py",  # 466 s
     "tests/integration/test_dvc.py",  # 316
