@@ -39,6 +39,7 @@ from pipeline_tasks.data.datasets import load_mnist_5k  # noqa: E402
 from pipeline_tasks.data.idx import find_idx_pairs, read_idx  # noqa: E402
 from pipeline_tasks.evaluation.plots import label_efficiency_chart  # noqa
 from pipeline_tasks.evaluation.sweep import MODES, Sweep, label_sweep, summarize  # noqa: E402
+from pipeline_tasks.recipes import PRESETS  # noqa: E402
 from pipeline_tasks.ssl.trainer import pretrain_encoder  # noqa: E402
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -85,6 +86,8 @@ def main() -> None:
     parser.add_argument("--budgets", default="10,100", help="labels per class (or fractions below 1)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="a recipe of settings under the --set ones, as pretrainflow run --preset")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--name", default="label_efficiency", help="file name stem of the results")
@@ -92,7 +95,7 @@ def main() -> None:
                         help="keep the cache and the encoder here and reuse them when they exist (default: a "
                              "temporary folder)")
     args = parser.parse_args()
-    cfg = load_config(REPO / "params.yaml", args.overrides)
+    cfg = load_config(REPO / "params.yaml", [*PRESETS.get(args.preset or "", ()), *args.overrides])
     pretrain_cfg = cfg.pretrain if args.pretrain_epochs is None else cfg.pretrain.model_copy(
         update={"epochs": args.pretrain_epochs})
     args.out.mkdir(parents=True, exist_ok=True)

@@ -26,8 +26,8 @@ os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline_tasks")
 def _params_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="a recipe of settings over the params file (each --set still wins); photos: "
-                        + " ".join(PRESETS["photos"]))
+                   help="a recipe of settings over the params file (each --set still wins); "
+                        + "; ".join(f"{name}: {' '.join(sets)}" for name, sets in PRESETS.items()))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one param, e.g. --set pretrain.epochs=2 (repeatable)")
     p.add_argument("--allow-download", action="store_true",

@@ -210,7 +210,7 @@ def run_pool(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> Pool
         return None
     with stage_run("pool", ctx, cfg, cfg.section("pool")):
         record = learn_from_pool(paths.preprocessed, classifier, cfg.pool, paths.finetune / LABELS,
-                                 paths.pool / "classifier.pt", mlflow_log_metrics)
+                                 paths.pool / "classifier.pt", cfg.finetune.augment, mlflow_log_metrics)
         mlflow.log_metrics({"pool_start_val_accuracy": record.start_val_accuracy,
                             "pool_best_val_accuracy": record.best_val_accuracy,
                             "pool_images": record.pool_images})

@@ -115,8 +115,10 @@ class FinetuneConfig(_Section):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-2, gt=0)
     encoder_lr_scale: float = Field(0.1, gt=0, le=1)  # full mode: encoder lr = lr * this
-    # Mild augmentation of the labeled images: digits (no flips), natural (flips, colour), none.
-    augment: Literal["digits", "natural", "none"] = "digits"
+    # Mild augmentation of the labeled images (and the pool stage's weak views): digits (no
+    # flips, no colour), objects (grayscale objects such as Fashion-MNIST: digits + flips),
+    # natural (RGB photos: flips, colour), none.
+    augment: Literal["digits", "objects", "natural", "none"] = "digits"
     weight_decay: float = Field(1e-4, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on CUDA if native, fp32 on CPU

@@ -29,4 +29,9 @@ PRESETS: dict[str, tuple[str, ...]] = {
         "pretrain.encoder=resnet50", "pretrain.init=torchvision:resnet50", "pretrain.small_stem=auto",
         "pretrain.augment=simclr", "finetune.augment=natural",
     ),
+    # objects: grayscale objects (Fashion-MNIST, products, parts) whose mirror image is the same
+    # class: flips in pretraining's views, in fine-tuning's and in the pool stage's weak and strong
+    # views. On Fashion-MNIST with 10 labels per class (seed 0, 2,000 FixMatch steps) the pool
+    # stage reached validation accuracy 0.85 with them and 0.83 without (bench/label_efficiency.py).
+    "objects": ("pretrain.hflip_prob=0.5", "finetune.augment=objects"),
 }

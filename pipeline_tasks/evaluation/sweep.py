@@ -93,7 +93,7 @@ def _one(sweep: Sweep, cfg: FinetuneConfig, mode: str, out: Path, trained: dict[
         base = trained[mode.removesuffix("+pool")]
         pool = sweep.pool.model_copy(update={"seed": cfg.seed})
         pooled = learn_from_pool(sweep.preprocessed_dir, base.classifier_path, pool, out / LABELS,
-                                 out / f"{mode}.pt")
+                                 out / f"{mode}.pt", cfg.augment)
         return {"val_accuracy": pooled.best_val_accuracy, "steps": pooled.steps,
                 "test_accuracy": _test_accuracy(sweep, Path(pooled.classifier_path))}
     rec = finetune_classifier(sweep.preprocessed_dir, sweep.encoder_path, sweep.classes, cfg, out, mode=mode,

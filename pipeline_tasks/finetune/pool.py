@@ -39,6 +39,7 @@ from pipeline_tasks.config import PoolConfig
 from pipeline_tasks.data.batches import BatchSource, Rows
 from pipeline_tasks.data.cache import load_split_labels, open_images
 from pipeline_tasks.finetune.subsets import load_label_budget
+from pipeline_tasks.finetune.views import pool_views
 from pipeline_tasks.models.classifier import load_classifier, save_classifier
 from pipeline_tasks.models.inference import predict_logits
 from pipeline_tasks.progress import Progress
@@ -48,14 +49,6 @@ from pipeline_tasks.ssl.views import ViewAugment
 
 log = logging.getLogger(__name__)
 LogMetrics = Callable[[dict[str, float], int], None]
-# Weak views keep the class obvious; strong views are the pretraining recipe's (crop, rotation,
-# jitter, noise, erasing), as FixMatch pairs a flip-and-shift view with a RandAugment one.
-WEAK = ViewAugment(crop_scale_min=0.8, rotation_degrees=10, brightness=0.2, contrast=0.2, noise_std=0.0,
-                   erase_prob=0.0)
-STRONG = ViewAugment(crop_scale_min=0.4, rotation_degrees=20, brightness=0.5, contrast=0.5, noise_std=0.08,
-                     erase_prob=0.5)
-
-
 @dataclass(frozen=True)
 class PoolRecord:
     classifier_path: str
@@ -79,6 +72,7 @@ class _Data:
     targets: torch.Tensor | None  # self-training: soft targets [P, K]
     val: tuple[Rows, torch.Tensor]  # the validation labels' images, read a batch at a time
     rows: torch.Generator  # on the CPU: which pool images each step draws
+    views: tuple[ViewAugment, ViewAugment]  # (weak, strong)
 
 
 def _unlabeled(preprocessed_dir: Path, device: torch.device) -> BatchSource:
@@ -96,17 +90,19 @@ def _soft_targets(teacher: nn.Module, images: BatchSource, fabric: Fabric,
 
 
 def _unlabeled_loss(model: nn.Module, batch: torch.Tensor, targets: torch.Tensor | None, cfg: PoolConfig,
-                    g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                    views: tuple[ViewAugment, ViewAugment], g: torch.Generator
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss, share of the batch that contributed)`` on pool images."""
+    weak_view, strong_view = views
     if cfg.method == "self_training":
         assert targets is not None
-        logits = model(STRONG(batch, g)).float()
+        logits = model(strong_view(batch, g)).float()
         return -(targets * F.log_softmax(logits, 1)).sum(1).mean(), torch.ones(())
     with torch.no_grad():
-        weak = torch.softmax(model(WEAK(batch, g)).float(), 1)
+        weak = torch.softmax(model(weak_view(batch, g)).float(), 1)
     confidence, pseudo = weak.max(1)
     mask = (confidence >= cfg.threshold).float()
-    loss = (F.cross_entropy(model(STRONG(batch, g)).float(), pseudo, reduction="none") * mask).mean()
+    loss = (F.cross_entropy(model(strong_view(batch, g)).float(), pseudo, reduction="none") * mask).mean()
     return loss, mask.mean()
 
 
@@ -122,11 +118,11 @@ def _step(model: nn.Module, data: _Data, cfg: PoolConfig, g: torch.Generator, fa
     n = len(data.labeled_x)
     idx = torch.randint(0, n, (min(cfg.labeled_batch, n),), generator=g, device=g.device)
     model.train()
-    loss = F.cross_entropy(model(WEAK(data.labeled_x[idx], g)).float(), data.labeled_y[idx])
+    loss = F.cross_entropy(model(data.views[0](data.labeled_x[idx], g)).float(), data.labeled_y[idx])
     rows = torch.randint(0, len(data.pool), (cfg.unlabeled_batch,), generator=data.rows)
     batch = data.pool[rows]
     targets = None if data.targets is None else data.targets[rows.to(fabric.device)]
-    extra, used = _unlabeled_loss(model, batch, targets, cfg, g)
+    extra, used = _unlabeled_loss(model, batch, targets, cfg, data.views, g)
     loss = loss + cfg.unlabeled_weight * extra
     optimizer.zero_grad(set_to_none=True)
     fabric.backward(loss)
@@ -160,11 +156,12 @@ def _train(model: nn.Module, data: _Data, cfg: PoolConfig, fabric: Fabric,
 
 
 def learn_from_pool(preprocessed_dir: str | Path, classifier_path: str | Path, cfg: PoolConfig,
-                    labels_path: str | Path, out_path: str | Path,
+                    labels_path: str | Path, out_path: str | Path, augment: str,
                     log_metrics: LogMetrics = lambda metrics, step: None) -> PoolRecord:
     """Continue the classifier at ``classifier_path`` on the pool by ``cfg.method``, with the
-    labels fine-tuning used (``labels_path``: its ``labels.npz``); writes the model that did
-    best on validation to ``out_path``."""
+    labels fine-tuning used (``labels_path``: its ``labels.npz``) and its views (``augment``:
+    ``finetune.augment``, see ``pool_views``); writes the model that did best on validation to
+    ``out_path``."""
     pre = Path(preprocessed_dir)
     torch.manual_seed(cfg.seed)
     runtime = resolve_runtime(cfg.device, cfg.precision, "pool")
@@ -179,7 +176,7 @@ def learn_from_pool(preprocessed_dir: str | Path, classifier_path: str | Path, c
     labeled = BatchSource([open_images(pre, "train")], fabric.device, rows=subset.numpy())
     val = (Rows.select(open_images(pre, "val"), val_subset), val_y[val_subset])
     data = _Data(labeled, train_y[subset].to(fabric.device), unlabeled, targets, val,
-                 torch.Generator().manual_seed(cfg.seed))
+                 torch.Generator().manual_seed(cfg.seed), pool_views(augment))
     start, best, step = _train(model, data, cfg, fabric, log_metrics)
     log.info("pool (%s): %d unlabeled images, %d steps, val accuracy %.4f -> %.4f (step %d)", cfg.method,
              len(unlabeled), cfg.steps, start, best, step)

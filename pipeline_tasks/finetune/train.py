@@ -38,6 +38,7 @@ from pipeline_tasks.finetune.subsets import (
     step_budget,
     stratified_subset,
 )
+from pipeline_tasks.finetune.views import FINETUNE_AUGMENT
 from pipeline_tasks.models.classifier import save_classifier
 from pipeline_tasks.models.encoders import Classifier, ResNetEncoder
 from pipeline_tasks.models.inference import embed, predict_logits, to_float
@@ -49,16 +50,6 @@ from pipeline_tasks.ssl.views import ViewAugment
 
 log = logging.getLogger(__name__)
 LogMetrics = Callable[[dict[str, float], int], None]
-
-# Labels are few, so fine-tuning sees mild augmentation: enough to stop 35 images being
-# memorised in a few steps, weak enough that every view still shows its class.
-FINETUNE_AUGMENT = {
-    "digits": ViewAugment(crop_scale_min=0.8, rotation_degrees=10, brightness=0.2, contrast=0.2,
-                          noise_std=0.0, erase_prob=0.0),
-    "natural": ViewAugment(crop_scale_min=0.5, rotation_degrees=0, hflip_prob=0.5, brightness=0.2,
-                           contrast=0.2, saturation=0.2, noise_std=0.0, erase_prob=0.0),
-}
-
 
 @dataclass(frozen=True)
 class FinetuneRecord:

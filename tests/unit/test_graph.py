@@ -65,6 +65,7 @@ def test_artifact_paths_are_the_graphs_outputs() -> None:
 CHANGE = {"data": "data.limit_per_class=3", "validate": "validate.min_width=9",
           "preprocess": "preprocess.seed=7", "pretrain": "pretrain.epochs=3",
           "pretrain.init": "pretrain.init=x.pt", "finetune": "finetune.lr=0.5",
+          "finetune.augment": "finetune.augment=objects",
           "pool": "pool.steps=7", "evaluate": "evaluate.batch_size=7",
           "register": "register.min_improvement=0.5"}
 

@@ -24,6 +24,7 @@ from PIL import Image
 from flows.cli import _expand, build_parser
 from flows.pyfunc_model import ImageModel
 from pipeline_tasks.config import ConfigError, PretrainConfig, load_config
+from pipeline_tasks.finetune.views import pool_views
 from pipeline_tasks.models.classifier import save_classifier
 from pipeline_tasks.models.encoders import Classifier, EncoderSpec, ResNetEncoder
 from pipeline_tasks.models.hub import WeightsNotCachedError
@@ -206,6 +207,14 @@ def test_the_photos_preset_loads_and_each_set_wins() -> None:
     assert load_config(PARAMS, [*PRESETS["photos"], "data.image_size=192"]).data.image_size == 192
     encoder, _ = build_encoder(p.model_copy(update={"init": None}), 3, None, cfg.data.image_size)
     assert encoder.spec.small_stem is False  # auto: the ImageNet stem at 224 px
+
+
+def test_the_objects_preset_flips_in_every_stage_that_augments() -> None:
+    args = build_parser().parse_args(["run", "--preset", "objects"])
+    _expand(args)
+    cfg = load_config(PARAMS, args.overrides)
+    assert cfg.pretrain.hflip_prob == 0.5 and cfg.finetune.augment == "objects"
+    assert all(view.hflip_prob == 0.5 for view in pool_views(cfg.finetune.augment))
 
 
 def test_named_weights_must_fit_the_encoder() -> None:

@@ -96,7 +96,7 @@ def test_fine_tuning_and_the_pool_stage_read_only_their_labeled_rows(
     recorded["train"].forget()
     pool_cfg = tiny_cfg.pool.model_copy(update={"steps": 4, "unlabeled_batch": 16})
     pool_module.learn_from_pool(pre.out_dir, rec.classifier_path, pool_cfg, tmp_path / "ft" / LABELS,
-                                tmp_path / "pool.pt")
+                                tmp_path / "pool.pt", cfg.augment)
     assert recorded["train"].largest <= max(pool_cfg.unlabeled_batch, pool_cfg.labeled_batch)
     assert recorded["val"].rows == set(val.tolist())
 

@@ -136,7 +136,7 @@ def test_the_pool_stage_learns_from_unlabeled_images(digits: tuple[PreprocessRec
     pool_cfg = tiny_cfg.pool.model_copy(update={"method": method, "steps": 30, "checks": 3,
                                                 "unlabeled_batch": 64, "threshold": 0.5})
     rec = learn_from_pool(pre.out_dir, start.classifier_path, pool_cfg, tmp_path / LABELS,
-                          tmp_path / "pool.pt", lambda m, step: logged.append(m))
+                          tmp_path / "pool.pt", cfg.augment, lambda m, step: logged.append(m))
     assert rec.method == method and rec.pool_images == pre.n_train and rec.steps == 30
     assert rec.best_val_accuracy >= rec.start_val_accuracy == pytest.approx(start.best_val_accuracy)
     assert len(logged) == 3 and all(0 <= m["pool_used_share"] <= 1 for m in logged)
@@ -160,8 +160,38 @@ def test_of_equal_validation_checks_the_pool_stage_keeps_the_later(
     pool_cfg = tiny_cfg.pool.model_copy(update={"method": "fixmatch", "steps": 6, "checks": 3,
                                                 "unlabeled_batch": 16})
     rec = pool.learn_from_pool(pre.out_dir, start.classifier_path, pool_cfg, tmp_path / LABELS,
-                               tmp_path / "pool.pt", lambda m, step: None)
+                               tmp_path / "pool.pt", cfg.augment, lambda m, step: None)
     assert rec.best_step == 6
+
+
+@pytest.mark.parametrize("augment", ["digits", "objects", "natural", "none"])
+def test_the_pool_stage_flips_and_colours_where_fine_tuning_does(
+        digits: tuple[PreprocessRecord, str], tiny_cfg: PipelineConfig, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, augment: str) -> None:
+    """The pool stage's weak view is fine-tuning's own (``finetune.augment``) and its strong view
+    flips and colours exactly where that one does: a mirrored shoe is a shoe, a mirrored 3 is not."""
+    from pipeline_tasks.finetune import pool
+    from pipeline_tasks.finetune.views import FINETUNE_AUGMENT
+    from pipeline_tasks.ssl.views import ViewAugment
+
+    pre, encoder = digits
+    cfg = tiny_cfg.finetune.model_copy(update={"label_fraction": 2 / 42, "min_steps": 2, "epochs": 2,
+                                               "val_per_class": 2, "augment": augment})
+    start = finetune_classifier(pre.out_dir, encoder, pre.classes, cfg, tmp_path)
+    used: list[ViewAugment] = []
+    real_call = ViewAugment.__call__
+    monkeypatch.setattr(ViewAugment, "__call__",
+                        lambda self, *args, **kw: used.append(self) or real_call(self, *args, **kw))
+    pool_cfg = tiny_cfg.pool.model_copy(update={"method": "fixmatch", "steps": 2, "checks": 1,
+                                                "unlabeled_batch": 8})
+    pool.learn_from_pool(pre.out_dir, start.classifier_path, pool_cfg, tmp_path / LABELS,
+                         tmp_path / "pool.pt", cfg.augment)
+    weak = FINETUNE_AUGMENT["digits" if augment == "none" else augment]
+    strong = [view for view in set(used) if view != weak]
+    assert weak in used and len(strong) == 1, "one weak and one strong view"
+    assert strong[0].hflip_prob == weak.hflip_prob == (0.5 if augment in ("objects", "natural") else 0.0)
+    assert (strong[0].saturation > weak.saturation > 0) == (augment == "natural")
+    assert strong[0].crop_scale_min < weak.crop_scale_min and strong[0].erase_prob > weak.erase_prob
 
 
 def test_reference_points_are_fitted_on_the_labels_and_chosen_on_validation() -> None:
