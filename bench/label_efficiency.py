@@ -3,7 +3,7 @@ full fine-tune) and the pool stage on top of full and of scratch, at label budge
 one encoder pretrained on an unlabeled pool. Prints the table (mean +- std over seeds, lift
 over scratch in points), writes a CSV and a plot PNG.
 
-    python bench/label_efficiency.py                    # Fashion-MNIST, 10 and 100 labels per class
+    python bench/label_efficiency.py --preset objects   # Fashion-MNIST, 10 and 100 labels per class
     python bench/label_efficiency.py --data mnist-5k --budgets 4   # the built-in digits
     python bench/label_efficiency.py --pool 60000 --pretrain-epochs 200 --set pretrain.encoder=resnet18
 
@@ -15,9 +15,9 @@ the labeled fractions are drawn from that same pool (the usual semi-supervised p
 split. Without the package it falls back to ``mnist-5k`` (70/10/20 split) and says so.
 
 Recipe: params.yaml's ``pretrain``, ``finetune`` and ``pool`` sections (override with
-``--set``); every model gets the same labels, seed and step budget; a budget above 1 is labels
-per class, below 1 a fraction of the training split. Only pipeline_tasks, torch, numpy, pandas and
-Pillow are imported, so it also runs on a bare GPU machine.
+``--preset``, then ``--set``); every model gets the same labels, seed and step budget; a budget
+above 1 is labels per class, below 1 a fraction of the training split. Only pipeline_tasks,
+torch, numpy, pandas and Pillow are imported, so it also runs on a bare GPU machine.
 """
 
 from __future__ import annotations

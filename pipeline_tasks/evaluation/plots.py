@@ -5,6 +5,7 @@ Every function writes one PNG and returns its path; class names are shown in ful
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -119,7 +120,8 @@ def label_efficiency_chart(table: pd.DataFrame, path: Path, title: str) -> Path:
         ax.errorbar(rows["train_labels"], rows["mean"], yerr=rows["std"].fillna(0), marker="o", capsize=3,
                     label=str(mode))
     ax.set_xscale("log")
-    ax.set(xlabel="training labels", ylabel="test accuracy (mean over seeds)", title=title)
+    ax.set(xlabel="training labels", ylabel="test accuracy (mean over seeds)")
+    ax.set_title(textwrap.fill(title, 80), fontsize=10)  # the data's description, often long
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)
