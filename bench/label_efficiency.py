@@ -39,7 +39,7 @@ from pipeline_tasks.data.datasets import load_mnist_5k  # noqa: E402
 from pipeline_tasks.data.idx import find_idx_pairs, read_idx  # noqa: E402
 from pipeline_tasks.evaluation.plots import label_efficiency_chart  # noqa
 from pipeline_tasks.evaluation.sweep import MODES, Sweep, label_sweep, summarize  # noqa: E402
-from pipeline_tasks.recipes import PRESETS  # noqa: E402
+from pipeline_tasks.recipes import PRESETS, with_preset  # noqa: E402
 from pipeline_tasks.ssl.trainer import pretrain_encoder  # noqa: E402
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -95,7 +95,7 @@ def main() -> None:
                         help="keep the cache and the encoder here and reuse them when they exist (default: a "
                              "temporary folder)")
     args = parser.parse_args()
-    cfg = load_config(REPO / "params.yaml", [*PRESETS.get(args.preset or "", ()), *args.overrides])
+    cfg = load_config(REPO / "params.yaml", with_preset(args.preset, args.overrides))
     pretrain_cfg = cfg.pretrain if args.pretrain_epochs is None else cfg.pretrain.model_copy(
         update={"epochs": args.pretrain_epochs})
     args.out.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from flows import graph
 from flows.errors import UserError
-from pipeline_tasks.recipes import PRESETS
+from pipeline_tasks.recipes import PRESETS, with_preset
 
 # Before prefect is imported: no analytics calls offline, and the stages' epoch logs shown.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -39,8 +39,8 @@ def _expand(args: argparse.Namespace) -> None:
     """--preset and --allow-download as the overrides they stand for: the preset's first, then
     each --set, then the download switch; the flow, the stages and MLflow see only overrides."""
     if hasattr(args, "overrides"):
-        args.overrides = [*PRESETS.get(args.preset or "", ()), *args.overrides,
-                          *(["pretrain.allow_download=true"] if args.allow_download else [])]
+        download = ["pretrain.allow_download=true"] if args.allow_download else []
+        args.overrides = with_preset(args.preset, [*args.overrides, *download])
 
 
 def _positive(text: str) -> int:

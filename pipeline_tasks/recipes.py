@@ -35,3 +35,9 @@ PRESETS: dict[str, tuple[str, ...]] = {
     # stage reached validation accuracy 0.85 with them and 0.83 without (bench/label_efficiency.py).
     "objects": ("pretrain.hflip_prob=0.5", "finetune.augment=objects"),
 }
+
+
+def with_preset(preset: str | None, overrides: list[str]) -> list[str]:
+    """``--set`` overrides under ``preset``'s (its first, so each ``--set`` wins); the CLI and
+    the benches read presets through this. Raises ``KeyError`` for a name not in ``PRESETS``."""
+    return [*(PRESETS[preset] if preset else ()), *overrides]
