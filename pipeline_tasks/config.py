@@ -141,6 +141,11 @@ class PoolConfig(_Section):
     # fixmatch: the confidence that makes a pseudo-label. 0.8, not the paper's 0.95: a model
     # fine-tuned on 40 labels is rarely that sure, and 0.95 left most of the pool unused.
     threshold: float = Field(0.8, gt=0, le=1)
+    # fixmatch: fixed (pool.threshold for every class) | flexmatch (FlexMatch's per-class
+    # thresholds, Zhang et al. 2021, with the paper's 0.95 as pool.threshold: lower for the
+    # classes the model is still learning). On Fashion-MNIST with 10 labels per class flexmatch
+    # at 0.95 scored 0.762 +- 0.010 over 3 seeds, fixed 0.8 0.775 +- 0.008.
+    thresholds: Literal["fixed", "flexmatch"] = "fixed"
     checks: int = Field(8, ge=1)  # validation checks (model selection)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"

@@ -73,6 +73,7 @@ class _Data:
     val: tuple[Rows, torch.Tensor]  # the validation labels' images, read a batch at a time
     rows: torch.Generator  # on the CPU: which pool images each step draws
     views: tuple[ViewAugment, ViewAugment]  # (weak, strong)
+    labeler: PseudoLabels | None = None  # fixmatch
 
 
 def _unlabeled(preprocessed_dir: Path, device: torch.device) -> BatchSource:
@@ -89,19 +90,47 @@ def _soft_targets(teacher: nn.Module, images: BatchSource, fabric: Fabric,
     return torch.softmax(torch.cat(logits) / temperature, 1).to(fabric.device)
 
 
-def _unlabeled_loss(model: nn.Module, batch: torch.Tensor, targets: torch.Tensor | None, cfg: PoolConfig,
-                    views: tuple[ViewAugment, ViewAugment], g: torch.Generator
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(loss, share of the batch that contributed)`` on pool images."""
-    weak_view, strong_view = views
+class PseudoLabels:
+    """FixMatch's hard pseudo-labels from weak-view probabilities ``[B, K]`` of pool rows ``[B]``
+    (indices into the pool), and the mask of those confident enough: ``pool.threshold`` for
+    every class (``pool.thresholds: fixed``), or FlexMatch's per-class thresholds (Zhang et al.
+    2021, "FlexMatch: Boosting Semi-Supervised Learning with Curriculum Pseudo Labeling"): class
+    ``c``'s is ``threshold * b / (2 - b)``, ``b`` the number of pool images whose last confident
+    (``>= threshold``) prediction was ``c``, over the largest such count, the pool images never
+    predicted confidently counted as one more class (the paper's warm-up). A class the model
+    still confuses gets a lower bar, so it is not starved of pseudo-labels.
+    """
+
+    def __init__(self, cfg: PoolConfig, n_pool: int, n_classes: int, device: torch.device) -> None:
+        self.threshold, self.flexmatch = cfg.threshold, cfg.thresholds == "flexmatch"
+        self.n_classes = n_classes
+        self.last = torch.full((n_pool,), -1, dtype=torch.long, device=device)  # -1: never confident
+
+    def __call__(self, probs: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(pseudo-labels [B] long, mask [B] float)``."""
+        confidence, pseudo = probs.max(1)
+        confident = confidence >= self.threshold
+        if not self.flexmatch:
+            return pseudo, confident.float()
+        counts = torch.bincount(self.last + 1, minlength=self.n_classes + 1).float()
+        learnt = counts[1:] / counts.max()
+        mask = confidence >= (self.threshold * learnt / (2 - learnt))[pseudo]
+        self.last[rows[confident]] = pseudo[confident]
+        return pseudo, mask.float()
+
+
+def _unlabeled_loss(model: nn.Module, batch: torch.Tensor, rows: torch.Tensor, data: _Data,
+                    cfg: PoolConfig, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, share of the batch that contributed)`` on pool images (``rows``: their indices)."""
+    weak_view, strong_view = data.views
     if cfg.method == "self_training":
-        assert targets is not None
+        assert data.targets is not None
         logits = model(strong_view(batch, g)).float()
-        return -(targets * F.log_softmax(logits, 1)).sum(1).mean(), torch.ones(())
+        return -(data.targets[rows] * F.log_softmax(logits, 1)).sum(1).mean(), torch.ones(())
+    assert data.labeler is not None
     with torch.no_grad():
         weak = torch.softmax(model(weak_view(batch, g)).float(), 1)
-    confidence, pseudo = weak.max(1)
-    mask = (confidence >= cfg.threshold).float()
+    pseudo, mask = data.labeler(weak, rows)
     loss = (F.cross_entropy(model(strong_view(batch, g)).float(), pseudo, reduction="none") * mask).mean()
     return loss, mask.mean()
 
@@ -118,11 +147,10 @@ def _step(model: nn.Module, data: _Data, cfg: PoolConfig, g: torch.Generator, fa
     n = len(data.labeled_x)
     idx = torch.randint(0, n, (min(cfg.labeled_batch, n),), generator=g, device=g.device)
     model.train()
-    loss = F.cross_entropy(model(data.views[0](data.labeled_x[idx], g)).float(), data.labeled_y[idx])
     rows = torch.randint(0, len(data.pool), (cfg.unlabeled_batch,), generator=data.rows)
     batch = data.pool[rows]
-    targets = None if data.targets is None else data.targets[rows.to(fabric.device)]
-    extra, used = _unlabeled_loss(model, batch, targets, cfg, data.views, g)
+    loss = F.cross_entropy(model(data.views[0](data.labeled_x[idx], g)).float(), data.labeled_y[idx])
+    extra, used = _unlabeled_loss(model, batch, rows.to(fabric.device), data, cfg, g)
     loss = loss + cfg.unlabeled_weight * extra
     optimizer.zero_grad(set_to_none=True)
     fabric.backward(loss)
@@ -175,8 +203,9 @@ def learn_from_pool(preprocessed_dir: str | Path, classifier_path: str | Path, c
     targets = _soft_targets(model, unlabeled, fabric, cfg.temperature) if distil else None
     labeled = BatchSource([open_images(pre, "train")], fabric.device, rows=subset.numpy())
     val = (Rows.select(open_images(pre, "val"), val_subset), val_y[val_subset])
+    labeler = None if distil else PseudoLabels(cfg, len(unlabeled), len(classes), fabric.device)
     data = _Data(labeled, train_y[subset].to(fabric.device), unlabeled, targets, val,
-                 torch.Generator().manual_seed(cfg.seed), pool_views(augment))
+                 torch.Generator().manual_seed(cfg.seed), pool_views(augment), labeler)
     start, best, step = _train(model, data, cfg, fabric, log_metrics)
     log.info("pool (%s): %d unlabeled images, %d steps, val accuracy %.4f -> %.4f (step %d)", cfg.method,
              len(unlabeled), cfg.steps, start, best, step)

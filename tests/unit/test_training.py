@@ -120,9 +120,10 @@ def test_every_mode_learns_real_digits(digits: tuple[PreprocessRecord, str], tin
     assert accuracy > (0.45 if mode == "linear" else 0.7), f"{mode}: test accuracy {accuracy}"
 
 
-@pytest.mark.parametrize("method", ["self_training", "fixmatch"])
+@pytest.mark.parametrize(("method", "thresholds"), [("self_training", "fixed"), ("fixmatch", "fixed"),
+                                                    ("fixmatch", "flexmatch")])
 def test_the_pool_stage_learns_from_unlabeled_images(digits: tuple[PreprocessRecord, str],
-                                                     tiny_cfg: PipelineConfig, method: str,
+                                                     tiny_cfg: PipelineConfig, method: str, thresholds: str,
                                                      tmp_path: Path) -> None:
     """From a classifier fine-tuned on 2 labels per class, the pool stage trains on the other
     training digits without their labels; the model it keeps is the best on validation."""
@@ -134,7 +135,8 @@ def test_the_pool_stage_learns_from_unlabeled_images(digits: tuple[PreprocessRec
     start = finetune_classifier(pre.out_dir, encoder, pre.classes, cfg, tmp_path)
     logged: list[dict[str, float]] = []
     pool_cfg = tiny_cfg.pool.model_copy(update={"method": method, "steps": 30, "checks": 3,
-                                                "unlabeled_batch": 64, "threshold": 0.5})
+                                                "thresholds": thresholds, "unlabeled_batch": 64,
+                                                "threshold": 0.5})
     rec = learn_from_pool(pre.out_dir, start.classifier_path, pool_cfg, tmp_path / LABELS,
                           tmp_path / "pool.pt", cfg.augment, lambda m, step: logged.append(m))
     assert rec.method == method and rec.pool_images == pre.n_train and rec.steps == 30
@@ -144,6 +146,24 @@ def test_the_pool_stage_learns_from_unlabeled_images(digits: tuple[PreprocessRec
     changed = any(not torch.equal(a, b) for a, b in zip(before.state_dict().values(),
                                                         after.state_dict().values(), strict=True))
     assert changed == (rec.best_step > 0)  # the stage's best model is what it saved
+
+
+def test_flexmatch_lowers_the_bar_for_a_class_the_model_has_not_learnt() -> None:
+    """FlexMatch (Zhang et al. 2021): 6 of 10 pool images are confidently class 0 and none class
+    1, so class 1's threshold falls to 0.95 * 0 and class 0's stays 0.95; a fixed threshold
+    takes neither 0.6-confident prediction."""
+    from pipeline_tasks.config import PoolConfig
+    from pipeline_tasks.finetune.pool import PseudoLabels
+
+    cfg, cpu = PoolConfig(threshold=0.95, thresholds="flexmatch"), torch.device("cpu")
+    flexmatch = PseudoLabels(cfg, 10, 2, cpu)
+    pseudo, mask = flexmatch(torch.tensor([[0.99, 0.01]] * 6), torch.arange(6))
+    assert pseudo.tolist() == [0] * 6 and mask.tolist() == [1.0] * 6  # warm-up: nothing learnt yet, no bar
+    unsure, rows = torch.tensor([[0.6, 0.4], [0.4, 0.6]]), torch.tensor([6, 7])
+    pseudo, mask = flexmatch(unsure, rows)
+    assert pseudo.tolist() == [0, 1] and mask.tolist() == [0.0, 1.0]
+    fixed = PseudoLabels(cfg.model_copy(update={"thresholds": "fixed"}), 10, 2, cpu)
+    assert fixed(unsure, rows)[1].tolist() == [0.0, 0.0]
 
 
 def test_of_equal_validation_checks_the_pool_stage_keeps_the_later(
