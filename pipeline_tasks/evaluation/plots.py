@@ -120,6 +120,9 @@ def label_efficiency_chart(table: pd.DataFrame, path: Path, title: str) -> Path:
         ax.errorbar(rows["train_labels"], rows["mean"], yerr=rows["std"].fillna(0), marker="o", capsize=3,
                     label=str(mode))
     ax.set_xscale("log")
+    ticks = sorted(int(n) for n in table["train_labels"].unique())
+    ax.set_xticks(ticks, [f"{n:,}" for n in ticks])  # the budgets measured, not powers of ten
+    ax.minorticks_off()
     ax.set(xlabel="training labels", ylabel="test accuracy (mean over seeds)")
     ax.set_title(textwrap.fill(title, 80), fontsize=10)  # the data's description, often long
     ax.grid(alpha=0.3)
