@@ -12,7 +12,8 @@ pool images:
   them on augmented views (cross-entropy with soft targets).
 - ``fixmatch`` (Sohn et al. 2020): the model's own prediction on a weak view of a pool image,
   when its confidence is at least ``pool.threshold``, is the hard target for a strong view of
-  the same image.
+  the same image; ``pool.thresholds: flexmatch`` uses FlexMatch's per-class thresholds instead
+  (``PseudoLabels``).
 
 The checkpoint with the best validation accuracy is kept (model selection on validation only);
 of equal ones the later, which has seen more of the pool under a lower learning rate (on mnist-5k
