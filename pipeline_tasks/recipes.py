@@ -1,5 +1,6 @@
-"""Things named in settings: standard weights (``pretrain.init: torchvision:resnet50``) and the
-presets of ``pretrainflow run --preset NAME``. Standard library only: the CLI reads it before
+"""Things named in settings: encoders (``pretrain.encoder: timm:convnext_atto``), standard
+weights (``pretrain.init: torchvision:resnet50``) and the presets of ``pretrainflow run --preset
+NAME``. Standard library only: the CLI reads it before
 anything heavy, and ``config`` validates names with it.
 """
 
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 TORCHVISION = "torchvision:"
 TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50")  # the encoders weights by name can start
+ENCODERS = ("compact", *TORCHVISION_ARCHS)  # and timm:<any name in timm.list_models()>
+TIMM = "timm:"
 
 
 def torchvision_init(init: str | None) -> tuple[str, str | None] | None:
@@ -16,6 +19,14 @@ def torchvision_init(init: str | None) -> tuple[str, str | None] | None:
         return None
     arch, _, weights = init.removeprefix(TORCHVISION).partition(":")
     return arch, weights or None
+
+
+def timm_name(arch: str | None) -> str | None:
+    """``timm:convnext_atto`` -> ``convnext_atto`` (an encoder, or weights by name with a
+    pretrained tag: ``timm:resnet10t.c3_in1k``); None for anything else."""
+    if not arch or not arch.startswith(TIMM):
+        return None
+    return arch.removeprefix(TIMM)
 
 
 # A preset is a list of --set overrides applied over the params file and under each --set.

@@ -40,7 +40,7 @@ from pipeline_tasks.finetune.subsets import (
 )
 from pipeline_tasks.finetune.views import FINETUNE_AUGMENT
 from pipeline_tasks.models.classifier import save_classifier
-from pipeline_tasks.models.encoders import Classifier, ResNetEncoder
+from pipeline_tasks.models.encoders import Classifier, Encoder
 from pipeline_tasks.models.inference import embed, predict_logits, to_float
 from pipeline_tasks.models.weights import load_encoder, load_init
 from pipeline_tasks.progress import Progress
@@ -139,7 +139,7 @@ def _fit(model: nn.Module, param_groups: list[dict[str, Any]], data: tuple[Any, 
     return best
 
 
-def _linear_probe(encoder: ResNetEncoder, n_classes: int, data: tuple[Any, ...],
+def _linear_probe(encoder: Encoder, n_classes: int, data: tuple[Any, ...],
                   cfg: FinetuneConfig, fabric: Fabric, runtime: Runtime, log_metrics: LogMetrics) -> tuple[
                       Classifier, _Fit]:
     """Features once, standardised; a linear head on them, folded back into one Classifier."""
@@ -160,12 +160,12 @@ def _linear_probe(encoder: ResNetEncoder, n_classes: int, data: tuple[Any, ...],
     return model, fit
 
 
-def starting_encoder(encoder_path: str | Path, mode: str, init_path: str | Path | None) -> ResNetEncoder:
+def starting_encoder(encoder_path: str | Path, mode: str, init_path: str | Path | None) -> Encoder:
     """The pretrained encoder; for ``scratch`` the same architecture with random weights; for
     ``init`` the starting weights ``init_path`` (``pretrain.init``) without pretraining."""
     encoder = load_encoder(encoder_path)
     if mode in ("scratch", "init"):
-        encoder = ResNetEncoder(encoder.spec)
+        encoder = Encoder(encoder.spec)
     if mode == "init":
         if init_path is None:
             raise ValueError("fine-tuning mode 'init' needs the starting weights (pretrain.init)")
@@ -189,7 +189,7 @@ def _labeled_images(preprocessed_dir: str | Path, subset: torch.Tensor, augment:
     return BatchSource([pick(preprocessed_dir, "train")], device, rows=subset.numpy())
 
 
-def _train_network(encoder: ResNetEncoder, n_classes: int, mode: str, data: tuple[Any, ...],
+def _train_network(encoder: Encoder, n_classes: int, mode: str, data: tuple[Any, ...],
                    cfg: FinetuneConfig, fabric: Fabric, log_metrics: LogMetrics,
                    augment: ViewAugment | None) -> tuple[Classifier, _Fit]:
     """Encoder and head trained together (``data``'s images through ``augment``); a pretrained

@@ -8,11 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline_tasks.models.encoders import EncoderSpec, ResNetEncoder
+from pipeline_tasks.models.encoders import Encoder, EncoderSpec
 from pipeline_tasks.models.hub import resolve_init
 
 
-def load_torchvision_weights(encoder: ResNetEncoder, state: dict[str, torch.Tensor],
+def load_torchvision_weights(encoder: Encoder, state: dict[str, torch.Tensor],
                              source: str) -> list[str]:
     """Load a torchvision-format ResNet state dict (``conv1.weight``, ``layer1.0...``; ``fc``
     ignored) into ``encoder``; returns what was not loaded, and why. RGB ``conv1`` weights feed a
@@ -92,7 +92,7 @@ def init_normalisation(blob: dict[str, Any] | None, channels: int) -> Normalisat
     return imagenet_normalisation(channels)
 
 
-def apply_init(encoder: ResNetEncoder, blob: dict[str, Any], source: str | Path) -> list[str]:
+def apply_init(encoder: Encoder, blob: dict[str, Any], source: str | Path) -> list[str]:
     """Load ``blob`` (from ``read_init``) into ``encoder``; returns notes on what was (not) loaded."""
     if is_encoder_file(blob):
         if EncoderSpec.from_dict(blob["spec"]) != encoder.spec:
@@ -105,15 +105,15 @@ def apply_init(encoder: ResNetEncoder, blob: dict[str, Any], source: str | Path)
                                                                     str(source))]
 
 
-def load_init(encoder: ResNetEncoder, init_path: str | Path, allow_download: bool = False) -> list[str]:
+def load_init(encoder: Encoder, init_path: str | Path, allow_download: bool = False) -> list[str]:
     """Load starting weights (a file, or a ``torchvision:`` name) into ``encoder``; returns notes
     on what was (not) loaded."""
     return apply_init(encoder, read_init(init_path, allow_download), init_path)
 
 
-def load_encoder(path: str | Path) -> ResNetEncoder:
+def load_encoder(path: str | Path) -> Encoder:
     """Rebuild the encoder saved by ``pretrain_encoder`` (weights only, no pickled code)."""
     blob: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
-    encoder = ResNetEncoder(EncoderSpec.from_dict(blob["spec"]))
+    encoder = Encoder(EncoderSpec.from_dict(blob["spec"]))
     encoder.load_state_dict(blob["state_dict"])
     return encoder

@@ -3,11 +3,12 @@ the optimiser and the views. ``pipeline_tasks.config`` holds it with the other s
 
 from __future__ import annotations
 
+import difflib
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from pipeline_tasks.recipes import TORCHVISION_ARCHS, torchvision_init
+from pipeline_tasks.recipes import ENCODERS, TIMM, TORCHVISION_ARCHS, timm_name, torchvision_init
 
 AUGMENT_OPS = ("crop_scale_min", "rotation_degrees", "hflip_prob", "jitter_prob", "brightness", "contrast",
                "saturation", "hue", "grayscale_prob", "blur_prob", "solarize_prob", "noise_std", "erase_prob")
@@ -19,8 +20,9 @@ class PretrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     method: Literal["simclr", "byol", "vicreg"] = "simclr"
-    # compact: the width-multiplier ResNet for small images on a CPU; resnet18/34/50: torchvision's
-    encoder: Literal["compact", "resnet18", "resnet34", "resnet50"] = "compact"
+    # compact: the width-multiplier ResNet for small images on a CPU; resnet18/34/50: torchvision's;
+    # timm:<name>: any model of timm.list_models() (timm:convnext_atto, timm:tf_efficientnet_lite0)
+    encoder: str = "compact"
     base_width: int = Field(16, ge=4)  # compact only
     # torchvision ResNets: 3x3 stride-1 stem, no max-pool; auto: on when data.image_size < 96 px
     small_stem: bool | Literal["auto"] = "auto"
@@ -68,6 +70,26 @@ class PretrainConfig(BaseModel):
     log_every_steps: int = Field(50, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
+
+    @field_validator("encoder")
+    @classmethod
+    def _a_known_encoder(cls, value: str) -> str:
+        """``compact``, ``resnet18|34|50`` or ``timm:<name>`` of ``timm.list_models()`` (timm is
+        imported only for a ``timm:`` name: the CLI reads the config before anything heavy)."""
+        name = timm_name(value)
+        if name is None:
+            if value not in ENCODERS:
+                raise ValueError(f"pretrain.encoder {value!r}: choose {', '.join(ENCODERS)} or "
+                                 f"{TIMM}<model name>")
+            return value
+        import timm  # noqa: PLC0415 - imports torch
+
+        if name not in timm.list_models():
+            close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+            hint = (f"close matches: {', '.join(TIMM + c for c in close)}" if close
+                    else "timm.list_models() lists the names")
+            raise ValueError(f"pretrain.encoder {value}: timm has no model {name!r}; {hint}")
+        return value
 
     @field_validator("init")
     @classmethod

@@ -23,7 +23,7 @@ from torch import nn
 from pipeline_tasks.config import PretrainConfig
 from pipeline_tasks.data.batches import BatchSource
 from pipeline_tasks.data.cache import recipe, view_source
-from pipeline_tasks.models.encoders import EncoderSpec, ResNetEncoder, resolve_small_stem
+from pipeline_tasks.models.encoders import Encoder, EncoderSpec, resolve_small_stem
 from pipeline_tasks.models.hub import resolve_init
 from pipeline_tasks.models.weights import apply_init, init_normalisation, read_init
 from pipeline_tasks.ssl import checkpoint, distributed
@@ -112,7 +112,7 @@ class Run:
 
 
 def build_encoder(cfg: PretrainConfig, channels: int, init_path: str | Path | None,
-                  image_size: int) -> tuple[ResNetEncoder, list[str]]:
+                  image_size: int) -> tuple[Encoder, list[str]]:
     """The encoder of ``cfg`` for ``image_size`` px views, from random weights or from
     ``init_path``: an encoder this project saved (``{"spec", "state_dict"}``), a torchvision-format
     ResNet state dict, or a ``torchvision:`` name (``models.hub``). The spec is resolved here,
@@ -124,7 +124,7 @@ def build_encoder(cfg: PretrainConfig, channels: int, init_path: str | Path | No
     small_stem = resolve_small_stem(cfg.small_stem, image_size, cfg.encoder)
     spec = EncoderSpec(in_channels=channels, base_width=cfg.base_width, arch=cfg.encoder,
                        small_stem=small_stem, mean=mean, std=std)
-    encoder = ResNetEncoder(spec)
+    encoder = Encoder(spec)
     if blob is None or path is None:
         return encoder, []
     source = path if str(path) == str(init_path) else f"{init_path} ({path})"
