@@ -42,6 +42,7 @@ from pipeline_tasks.finetune.views import FINETUNE_AUGMENT
 from pipeline_tasks.models.classifier import save_classifier
 from pipeline_tasks.models.encoders import Classifier, Encoder
 from pipeline_tasks.models.inference import embed, predict_logits, to_float
+from pipeline_tasks.models.starts import ResolvedWeights
 from pipeline_tasks.models.weights import load_encoder, load_init
 from pipeline_tasks.progress import Progress
 from pipeline_tasks.runtime import Runtime, resolve_runtime
@@ -160,9 +161,11 @@ def _linear_probe(encoder: Encoder, n_classes: int, data: tuple[Any, ...],
     return model, fit
 
 
-def starting_encoder(encoder_path: str | Path, mode: str, init_path: str | Path | None) -> Encoder:
+def starting_encoder(encoder_path: str | Path, mode: str,
+                     init_path: str | Path | ResolvedWeights | None) -> Encoder:
     """The pretrained encoder; for ``scratch`` the same architecture with random weights; for
-    ``init`` the starting weights ``init_path`` (``pretrain.init``) without pretraining."""
+    ``init`` the starting weights ``init_path`` (``pretrain.init``: a file, or a name resolved
+    offline by ``models.starts``) without pretraining."""
     encoder = load_encoder(encoder_path)
     if mode in ("scratch", "init"):
         encoder = Encoder(encoder.spec)
@@ -204,7 +207,8 @@ def _train_network(encoder: Encoder, n_classes: int, mode: str, data: tuple[Any,
 def finetune_classifier(
     preprocessed_dir: str | Path, encoder_path: str | Path, classes: tuple[str, ...],
     cfg: FinetuneConfig, out_dir: str | Path, log_metrics: LogMetrics = lambda metrics, step: None,
-    mode: str | None = None, out_name: str = "classifier.pt", init_path: str | Path | None = None,
+    mode: str | None = None, out_name: str = "classifier.pt",
+    init_path: str | Path | ResolvedWeights | None = None,
 ) -> FinetuneRecord:
     """Train a classifier on ``cfg.label_fraction`` of the training labels (or
     ``cfg.labels_per_class`` of each class), selected on

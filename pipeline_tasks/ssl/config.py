@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from pipeline_tasks.recipes import ENCODERS, TIMM, TORCHVISION_ARCHS, timm_name, torchvision_init
+from pipeline_tasks.recipes import ENCODERS, TIMM, init_misfit, timm_name
 
 AUGMENT_OPS = ("crop_scale_min", "rotation_degrees", "hflip_prob", "jitter_prob", "brightness", "contrast",
                "saturation", "hue", "grayscale_prob", "blur_prob", "solarize_prob", "noise_std", "erase_prob")
@@ -26,11 +26,13 @@ class PretrainConfig(BaseModel):
     base_width: int = Field(16, ge=4)  # compact only
     # torchvision ResNets: 3x3 stride-1 stem, no max-pool; auto: on when data.image_size < 96 px
     small_stem: bool | Literal["auto"] = "auto"
-    # Start from weights instead of random: torchvision:resnet50[:IMAGENET1K_V2] (torch.hub's
-    # file), a local torchvision-format state dict (.pt/.pth) or a registered encoder,
-    # models:/pretrainflow-encoder/3 or models:/pretrainflow-encoder/latest.
+    # Start from weights instead of random (models.starts resolves them, offline): a local file
+    # (.pth/.pt/.safetensors: timm, torchvision or this project's encoder format), a registered
+    # encoder (models:/pretrainflow-encoder/3), weights by name from the caches
+    # (torchvision:resnet50[:IMAGENET1K_V2], timm:NAME[.TAG], hf-hub:ORG/REPO) or the ImageNet
+    # start installed with the project, imagenet:efficientnet_lite0 (encoder timm:tf_efficientnet_lite0).
     init: str | None = None
-    allow_download: bool = False  # fetch a torchvision: init missing from torch.hub's cache
+    allow_download: bool = False  # fetch weights by name missing from the caches
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(256, ge=4)  # global, over all ranks
     optimizer: Literal["adamw", "sgd", "lars"] = "adamw"
@@ -94,12 +96,10 @@ class PretrainConfig(BaseModel):
     @field_validator("init")
     @classmethod
     def _named_weights_fit_the_encoder(cls, value: str | None, info: ValidationInfo) -> str | None:
-        named, encoder = torchvision_init(value), info.data.get("encoder")
-        if named and named[0] not in TORCHVISION_ARCHS:
-            raise ValueError(f"{value}: torchvision weights by name are for {', '.join(TORCHVISION_ARCHS)}")
-        if named and encoder and named[0] != encoder:
-            raise ValueError(f"{value} are {named[0]} weights but pretrain.encoder is {encoder}; set "
-                             f"pretrain.encoder: {named[0]} (the network must match its weights)")
+        encoder = info.data.get("encoder")
+        misfit = init_misfit(value, encoder) if encoder else None
+        if misfit:
+            raise ValueError(misfit)
         return value
 
     def augment_overrides(self) -> dict[str, float | None]:

@@ -54,7 +54,7 @@ def test_bad_init_files_are_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "junk.pth").write_text("not torch")
     with pytest.raises(ValueError, match="not a PyTorch weights file"):
         build_encoder(cfg, 3, tmp_path / "junk.pth", 32)
-    with pytest.raises(ValueError, match="need a torchvision encoder"):
+    with pytest.raises(ValueError, match="the compact encoder starts only from an encoder file"):
         build_encoder(PretrainConfig(), 3, tmp_path / "r34.pth", 32)
 
 

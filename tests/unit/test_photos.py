@@ -27,8 +27,8 @@ from pipeline_tasks.config import ConfigError, PretrainConfig, load_config
 from pipeline_tasks.finetune.views import pool_views
 from pipeline_tasks.models.classifier import save_classifier
 from pipeline_tasks.models.encoders import Classifier, Encoder, EncoderSpec
-from pipeline_tasks.models.hub import WeightsNotCachedError
 from pipeline_tasks.models.inference import embed, predict_logits, to_float
+from pipeline_tasks.models.starts import WeightsNotFoundError
 from pipeline_tasks.models.weights import IMAGENET_MEAN, IMAGENET_STD, load_encoder
 from pipeline_tasks.recipes import PRESETS
 from pipeline_tasks.ssl.run import build_encoder, build_run
@@ -66,7 +66,9 @@ def test_named_weights_load_from_torch_hubs_cache_offline(torch_home: Path) -> N
     hub_file(torch_home).parent.mkdir(parents=True)
     torch.save(weights, hub_file(torch_home))
     encoder, notes = build_encoder(NAMED, 3, NAMED.init, 224)
-    assert notes == [f"initialised from torchvision:resnet18 ({hub_file(torch_home)})"]
+    assert notes[0] == f"initialised from torchvision:resnet18 ({hub_file(torch_home)})"
+    assert "torchvision's resnet18 IMAGENET1K_V1" in notes[1]
+    assert "licence: see https://github.com/pytorch/vision#pre-trained-model-license" in notes[1]
     assert all(torch.equal(v, weights[k]) for k, v in encoder.body.state_dict().items())
     # ImageNet's weights come with ImageNet's input normalisation, and the ImageNet stem at 224 px
     spec = encoder.spec
@@ -79,7 +81,7 @@ def test_named_weights_load_from_torch_hubs_cache_offline(torch_home: Path) -> N
 
 def test_a_missing_named_file_names_the_path_and_url_and_downloads_nothing(torch_home: Path) -> None:
     url = torchvision.models.ResNet18_Weights.DEFAULT.url
-    with pytest.raises(WeightsNotCachedError) as err:
+    with pytest.raises(WeightsNotFoundError) as err:
         build_encoder(NAMED, 3, NAMED.init, 224)
     message = str(err.value)
     assert str(hub_file(torch_home)) in message and url in message and "--allow-download" in message
