@@ -47,7 +47,7 @@ def _preflight(cfg: PipelineConfig, needs_init: bool = True) -> str:
     main = world.current().is_main
     init = cfg.pretrain.init if needs_init else None
     if init:  # hub imports torch and torchvision, which a stage such as validate never needs
-        from pipeline_tasks.models.hub import check_init  # noqa: PLC0415
+        from pipeline_tasks.models.starts import check_init  # noqa: PLC0415
 
         try:
             check_init(init, cfg.pretrain.allow_download)

@@ -146,12 +146,12 @@ def _init_weights(cfg: PipelineConfig) -> str | None:
     ``torchvision:`` name is torch.hub's file for it (fetched only with ``pretrain.allow_download``;
     otherwise a missing file is a ``ValueError`` naming the file and its URL)."""
     from flows.registry import download_encoder  # noqa: PLC0415
-    from pipeline_tasks.models.hub import resolve_init  # noqa: PLC0415
+    from pipeline_tasks.models.starts import resolve_weights  # noqa: PLC0415
 
     init = cfg.pretrain.init
     if init and init.startswith("models:/"):
         return str(download_encoder(init))
-    path = resolve_init(init, cfg.pretrain.allow_download)
+    path = resolve_weights(init, cfg.pretrain.encoder, cfg.pretrain.allow_download).path if init else None
     return None if path is None else str(path)
 
 

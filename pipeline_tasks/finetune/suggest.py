@@ -28,7 +28,7 @@ from pipeline_tasks.data.datasets import atomic_folder
 from pipeline_tasks.data.decode import SUFFIXES, DecodeError, load_image
 from pipeline_tasks.data.listing import BAD_NAME, list_pool
 from pipeline_tasks.evaluation.plots import suggestion_sheet
-from pipeline_tasks.models.encoders import ResNetEncoder
+from pipeline_tasks.models.encoders import Encoder
 from pipeline_tasks.models.inference import embed
 from pipeline_tasks.models.weights import load_encoder
 
@@ -131,7 +131,7 @@ def _decoded_batches(files: Sequence[Path], size: int, channels: int, resize: st
         yield (np.stack(images) if images else np.empty(shape, dtype=np.uint8)), kept, failed
 
 
-def embed_files(encoder: ResNetEncoder, files: Sequence[Path], size: int, resize: str,
+def embed_files(encoder: Encoder, files: Sequence[Path], size: int, resize: str,
                 device: torch.device, batch: int = 256,
                 dtype: torch.dtype | None = None) -> tuple[np.ndarray, list[int], list[str]]:
     """Decode ``files`` (``decode.load_image``: the training recipe ``size``, ``resize`` and the
@@ -174,7 +174,7 @@ def check_paths(encoder_path: str | Path, pool_dir: str | Path, out_dir: str | P
                            "those images first, then remove the folder, or pass another --out")
 
 
-def _load(encoder_path: Path) -> ResNetEncoder:
+def _load(encoder_path: Path) -> Encoder:
     try:
         return load_encoder(encoder_path)
     except Exception as exc:  # torch.load's errors vary with the file; all mean the same here

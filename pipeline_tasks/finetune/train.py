@@ -40,8 +40,9 @@ from pipeline_tasks.finetune.subsets import (
 )
 from pipeline_tasks.finetune.views import FINETUNE_AUGMENT
 from pipeline_tasks.models.classifier import save_classifier
-from pipeline_tasks.models.encoders import Classifier, ResNetEncoder
+from pipeline_tasks.models.encoders import Classifier, Encoder
 from pipeline_tasks.models.inference import embed, predict_logits, to_float
+from pipeline_tasks.models.starts import ResolvedWeights
 from pipeline_tasks.models.weights import load_encoder, load_init
 from pipeline_tasks.progress import Progress
 from pipeline_tasks.runtime import Runtime, resolve_runtime
@@ -139,7 +140,7 @@ def _fit(model: nn.Module, param_groups: list[dict[str, Any]], data: tuple[Any, 
     return best
 
 
-def _linear_probe(encoder: ResNetEncoder, n_classes: int, data: tuple[Any, ...],
+def _linear_probe(encoder: Encoder, n_classes: int, data: tuple[Any, ...],
                   cfg: FinetuneConfig, fabric: Fabric, runtime: Runtime, log_metrics: LogMetrics) -> tuple[
                       Classifier, _Fit]:
     """Features once, standardised; a linear head on them, folded back into one Classifier."""
@@ -160,12 +161,14 @@ def _linear_probe(encoder: ResNetEncoder, n_classes: int, data: tuple[Any, ...],
     return model, fit
 
 
-def starting_encoder(encoder_path: str | Path, mode: str, init_path: str | Path | None) -> ResNetEncoder:
+def starting_encoder(encoder_path: str | Path, mode: str,
+                     init_path: str | Path | ResolvedWeights | None) -> Encoder:
     """The pretrained encoder; for ``scratch`` the same architecture with random weights; for
-    ``init`` the starting weights ``init_path`` (``pretrain.init``) without pretraining."""
+    ``init`` the starting weights ``init_path`` (``pretrain.init``: a file, or a name resolved
+    offline by ``models.starts``) without pretraining."""
     encoder = load_encoder(encoder_path)
     if mode in ("scratch", "init"):
-        encoder = ResNetEncoder(encoder.spec)
+        encoder = Encoder(encoder.spec)
     if mode == "init":
         if init_path is None:
             raise ValueError("fine-tuning mode 'init' needs the starting weights (pretrain.init)")
@@ -189,7 +192,7 @@ def _labeled_images(preprocessed_dir: str | Path, subset: torch.Tensor, augment:
     return BatchSource([pick(preprocessed_dir, "train")], device, rows=subset.numpy())
 
 
-def _train_network(encoder: ResNetEncoder, n_classes: int, mode: str, data: tuple[Any, ...],
+def _train_network(encoder: Encoder, n_classes: int, mode: str, data: tuple[Any, ...],
                    cfg: FinetuneConfig, fabric: Fabric, log_metrics: LogMetrics,
                    augment: ViewAugment | None) -> tuple[Classifier, _Fit]:
     """Encoder and head trained together (``data``'s images through ``augment``); a pretrained
@@ -204,7 +207,8 @@ def _train_network(encoder: ResNetEncoder, n_classes: int, mode: str, data: tupl
 def finetune_classifier(
     preprocessed_dir: str | Path, encoder_path: str | Path, classes: tuple[str, ...],
     cfg: FinetuneConfig, out_dir: str | Path, log_metrics: LogMetrics = lambda metrics, step: None,
-    mode: str | None = None, out_name: str = "classifier.pt", init_path: str | Path | None = None,
+    mode: str | None = None, out_name: str = "classifier.pt",
+    init_path: str | Path | ResolvedWeights | None = None,
 ) -> FinetuneRecord:
     """Train a classifier on ``cfg.label_fraction`` of the training labels (or
     ``cfg.labels_per_class`` of each class), selected on

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from pipeline_tasks.models.encoders import Classifier, EncoderSpec, ResNetEncoder
+from pipeline_tasks.models.encoders import Classifier, Encoder, EncoderSpec
 from pipeline_tasks.storage import save_atomic
 
 
@@ -21,9 +21,10 @@ def save_classifier(model: Classifier, classes: tuple[str, ...] | list[str], pre
 
 
 def load_classifier(path: str | Path) -> tuple[Classifier, list[str]]:
-    """Rebuild the classifier written by ``finetune_classifier`` (weights only)."""
+    """Rebuild the classifier written by ``finetune_classifier`` (weights only), of any encoder
+    family (its spec names it)."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    model = Classifier(ResNetEncoder(EncoderSpec.from_dict(blob["spec"])), len(blob["classes"]))
+    model = Classifier(Encoder(EncoderSpec.from_dict(blob["spec"])), len(blob["classes"]))
     model.load_state_dict(blob["state_dict"])
     return model.eval(), list(blob["classes"])
 

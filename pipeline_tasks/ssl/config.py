@@ -3,11 +3,12 @@ the optimiser and the views. ``pipeline_tasks.config`` holds it with the other s
 
 from __future__ import annotations
 
+import difflib
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from pipeline_tasks.recipes import TORCHVISION_ARCHS, torchvision_init
+from pipeline_tasks.recipes import ENCODERS, TIMM, init_misfit, timm_name
 
 AUGMENT_OPS = ("crop_scale_min", "rotation_degrees", "hflip_prob", "jitter_prob", "brightness", "contrast",
                "saturation", "hue", "grayscale_prob", "blur_prob", "solarize_prob", "noise_std", "erase_prob")
@@ -19,16 +20,19 @@ class PretrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     method: Literal["simclr", "byol", "vicreg"] = "simclr"
-    # compact: the width-multiplier ResNet for small images on a CPU; resnet18/34/50: torchvision's
-    encoder: Literal["compact", "resnet18", "resnet34", "resnet50"] = "compact"
+    # compact: the width-multiplier ResNet for small images on a CPU; resnet18/34/50: torchvision's;
+    # timm:<name>: any model of timm.list_models() (timm:convnext_atto, timm:tf_efficientnet_lite0)
+    encoder: str = "compact"
     base_width: int = Field(16, ge=4)  # compact only
     # torchvision ResNets: 3x3 stride-1 stem, no max-pool; auto: on when data.image_size < 96 px
     small_stem: bool | Literal["auto"] = "auto"
-    # Start from weights instead of random: torchvision:resnet50[:IMAGENET1K_V2] (torch.hub's
-    # file), a local torchvision-format state dict (.pt/.pth) or a registered encoder,
-    # models:/pretrainflow-encoder/3 or models:/pretrainflow-encoder/latest.
+    # Start from weights instead of random (models.starts resolves them, offline): a local file
+    # (.pth/.pt/.safetensors: timm, torchvision or this project's encoder format), a registered
+    # encoder (models:/pretrainflow-encoder/3), weights by name from the caches
+    # (torchvision:resnet50[:IMAGENET1K_V2], timm:NAME[.TAG], hf-hub:ORG/REPO) or the ImageNet
+    # start installed with the project, imagenet:efficientnet_lite0 (encoder timm:tf_efficientnet_lite0).
     init: str | None = None
-    allow_download: bool = False  # fetch a torchvision: init missing from torch.hub's cache
+    allow_download: bool = False  # fetch weights by name missing from the caches
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(256, ge=4)  # global, over all ranks
     optimizer: Literal["adamw", "sgd", "lars"] = "adamw"
@@ -69,15 +73,33 @@ class PretrainConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
 
+    @field_validator("encoder")
+    @classmethod
+    def _a_known_encoder(cls, value: str) -> str:
+        """``compact``, ``resnet18|34|50`` or ``timm:<name>`` of ``timm.list_models()`` (timm is
+        imported only for a ``timm:`` name: the CLI reads the config before anything heavy)."""
+        name = timm_name(value)
+        if name is None:
+            if value not in ENCODERS:
+                raise ValueError(f"pretrain.encoder {value!r}: choose {', '.join(ENCODERS)} or "
+                                 f"{TIMM}<model name>")
+            return value
+        import timm  # noqa: PLC0415 - imports torch
+
+        if name not in timm.list_models():
+            close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+            hint = (f"close matches: {', '.join(TIMM + c for c in close)}" if close
+                    else "timm.list_models() lists the names")
+            raise ValueError(f"pretrain.encoder {value}: timm has no model {name!r}; {hint}")
+        return value
+
     @field_validator("init")
     @classmethod
     def _named_weights_fit_the_encoder(cls, value: str | None, info: ValidationInfo) -> str | None:
-        named, encoder = torchvision_init(value), info.data.get("encoder")
-        if named and named[0] not in TORCHVISION_ARCHS:
-            raise ValueError(f"{value}: torchvision weights by name are for {', '.join(TORCHVISION_ARCHS)}")
-        if named and encoder and named[0] != encoder:
-            raise ValueError(f"{value} are {named[0]} weights but pretrain.encoder is {encoder}; set "
-                             f"pretrain.encoder: {named[0]} (the network must match its weights)")
+        encoder = info.data.get("encoder")
+        misfit = init_misfit(value, encoder) if encoder else None
+        if misfit:
+            raise ValueError(misfit)
         return value
 
     def augment_overrides(self) -> dict[str, float | None]:

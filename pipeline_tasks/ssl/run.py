@@ -23,9 +23,9 @@ from torch import nn
 from pipeline_tasks.config import PretrainConfig
 from pipeline_tasks.data.batches import BatchSource
 from pipeline_tasks.data.cache import recipe, view_source
-from pipeline_tasks.models.encoders import EncoderSpec, ResNetEncoder, resolve_small_stem
-from pipeline_tasks.models.hub import resolve_init
-from pipeline_tasks.models.weights import apply_init, init_normalisation, read_init
+from pipeline_tasks.models.encoders import Encoder, EncoderSpec, resolve_small_stem
+from pipeline_tasks.models.starts import ResolvedWeights, as_resolved
+from pipeline_tasks.models.weights import OWN, apply_init, init_normalisation, pretrained_cfg, read_weights
 from pipeline_tasks.ssl import checkpoint, distributed
 from pipeline_tasks.ssl.methods import SSLMethod, build_method
 from pipeline_tasks.ssl.optim import build_optimizer, warmup_cosine
@@ -111,24 +111,33 @@ class Run:
         return Position(epoch, index, state["order"], int(state["step"]))
 
 
-def build_encoder(cfg: PretrainConfig, channels: int, init_path: str | Path | None,
-                  image_size: int) -> tuple[ResNetEncoder, list[str]]:
-    """The encoder of ``cfg`` for ``image_size`` px views, from random weights or from
-    ``init_path``: an encoder this project saved (``{"spec", "state_dict"}``), a torchvision-format
-    ResNet state dict, or a ``torchvision:`` name (``models.hub``). The spec is resolved here,
-    once: ``small_stem: auto`` by the image size, the input normalisation by the starting
-    weights (none, the saved encoder's own, or ImageNet's for torchvision weights)."""
-    path = resolve_init(init_path, cfg.allow_download)
-    blob = None if path is None else read_init(path)
-    mean, std = init_normalisation(blob, channels)
+def build_encoder(cfg: PretrainConfig, channels: int, init: str | Path | ResolvedWeights | None,
+                  image_size: int) -> tuple[Encoder, list[str]]:
+    """The encoder of ``cfg`` for ``image_size`` px views, from random weights or from ``init``
+    (``pretrain.init``, resolved by ``models.starts`` unless it already is). The spec is resolved
+    here, once: ``small_stem: auto`` by the image size, the input normalisation by the starting
+    weights (none, the saved encoder's own, timm's pretrained_cfg for a timm encoder, ImageNet's
+    for torchvision weights). Notes say what was loaded, its source, licence and sha256, and
+    the input size timm's weights were trained at. ``ValueError`` for a timm model whose input
+    size is fixed (ViTs) at another size than ``image_size``."""
+    resolved = None if init is None else as_resolved(init, cfg.encoder, cfg.allow_download)
+    weights = None if resolved is None else read_weights(resolved.path)
+    given = pretrained_cfg(cfg.encoder, None if resolved is None else resolved.pretrained_cfg)
+    trained_at = int(given["input_size"][-1]) if given.get("input_size") else None
+    if given.get("fixed_input_size") and trained_at != image_size:
+        raise ValueError(f"pretrain.encoder {cfg.encoder} takes {trained_at} px inputs only (timm's "
+                         f"fixed_input_size); set data.image_size: {trained_at}")
+    mean, std = init_normalisation(weights, cfg.encoder, channels, given)
     small_stem = resolve_small_stem(cfg.small_stem, image_size, cfg.encoder)
-    spec = EncoderSpec(in_channels=channels, base_width=cfg.base_width, arch=cfg.encoder,
-                       small_stem=small_stem, mean=mean, std=std)
-    encoder = ResNetEncoder(spec)
-    if blob is None or path is None:
+    encoder = Encoder(EncoderSpec(in_channels=channels, base_width=cfg.base_width, arch=cfg.encoder,
+                                  small_stem=small_stem, mean=mean, std=std))
+    if weights is None or resolved is None:
         return encoder, []
-    source = path if str(path) == str(init_path) else f"{init_path} ({path})"
-    return encoder, apply_init(encoder, blob, source)
+    notes = [*apply_init(encoder, weights, resolved.label()), f"starting weights: {resolved.describe()}"]
+    if trained_at and weights.kind != OWN:
+        notes.append(f"the weights were trained on {trained_at} px inputs (timm's pretrained_cfg); this "
+                     f"run's are {image_size} px (data.image_size)")
+    return encoder, notes
 
 
 def _budget(n: int, cfg: PretrainConfig, world_size: int) -> Budget:
@@ -157,23 +166,24 @@ def _wrap(fabric: Fabric, method: SSLMethod, cfg: PretrainConfig, budget: Budget
 
 
 def build_run(fabric: Fabric, preprocessed_dir: Path, cfg: PretrainConfig, checkpoint_dir: Path | None,
-              init_path: str | Path | None, data_digest: str) -> tuple[Run, list[str], int]:
-    """The run, the notes on its starting weights, and how many pool images it trains on. The
-    views are cut from ``view_source`` (the ``cache_size`` images when there are) and made
+              init_path: str | Path | ResolvedWeights | None, data_digest: str) -> tuple[Run, list[str], int]:
+    """The run, the notes on its starting weights, and how many pool images it trains on.
+    ``init_path`` is resolved here, once (``models.starts``), unless it already is. The views are
+    cut from ``view_source`` (the ``cache_size`` images when there are) and made
     ``image_size`` px."""
     train, pool = view_source(preprocessed_dir, "train"), view_source(preprocessed_dir, "pool")
     source = BatchSource([train, pool], fabric.device)
     budget = _budget(len(source), cfg, fabric.world_size)
     size = int(recipe(preprocessed_dir)["image_size"])
-    init_path = resolve_init(init_path, cfg.allow_download)
-    encoder, notes = build_encoder(cfg, int(source.shape[0]), init_path, size)
+    init = None if init_path is None else as_resolved(init_path, cfg.encoder, cfg.allow_download)
+    encoder, notes = build_encoder(cfg, int(source.shape[0]), init, size)
     method = build_method(cfg.method, encoder, encoder.feature_dim, cfg).to(fabric.device)
     model, optimizer, scheduler = _wrap(fabric, method, cfg, budget)
     augment_rng = torch.Generator(device=fabric.device).manual_seed(cfg.seed * 1009 + fabric.global_rank)
     views = tuple(v.replace(out_size=size) for v in view_pair(cfg.augment, **cfg.augment_overrides()))
     run = Run(cfg, fabric, method, model, optimizer, scheduler, source, (views[0], views[1]), augment_rng,
               torch.Generator().manual_seed(cfg.seed), budget, checkpoint_dir,
-              checkpoint.fingerprint(cfg, data_digest, init_path,
+              checkpoint.fingerprint(cfg, data_digest, None if init is None else init.path,
                                      {"spec": encoder.spec.to_dict(), "image_size": size}))
     if fabric.is_global_zero:
         log.info("pretraining %s on %d images: %d from the unlabeled pool + %d labeled training images "

@@ -24,8 +24,9 @@ from pipeline_tasks.config import PretrainConfig
 from pipeline_tasks.data.batches import Rows
 from pipeline_tasks.data.cache import content_digest, load_split_labels, open_images, view_source
 from pipeline_tasks.evaluation.plots import view_grid
-from pipeline_tasks.models.encoders import ResNetEncoder
+from pipeline_tasks.models.encoders import Encoder
 from pipeline_tasks.models.inference import embed
+from pipeline_tasks.models.starts import ResolvedWeights
 from pipeline_tasks.progress import Progress
 from pipeline_tasks.runtime import resolve_runtime
 from pipeline_tasks.ssl import checkpoint, distributed
@@ -67,7 +68,7 @@ class PretrainRecord:
 def pretrain_encoder(
     preprocessed_dir: str | Path, cfg: PretrainConfig, out_dir: str | Path,
     log_metrics: LogMetrics = lambda metrics, step: None, checkpoint_dir: str | Path | None = None,
-    init_path: str | Path | None = None,
+    init_path: str | Path | ResolvedWeights | None = None,
 ) -> PretrainRecord:
     """Pretrain; writes ``encoder.pt`` (``{"spec", "state_dict"}``) and ``views.png`` under
     ``out_dir`` (rank 0). With ``checkpoint_dir``, checkpoints go there every epoch (and every
@@ -168,7 +169,7 @@ def _save_encoder(run: Run, preprocessed_dir: Path, path: Path, log_metrics: Log
         knn = _knn_on_val(run.method.encoder, preprocessed_dir, run.fabric.device)
         log_metrics({KNN_METRIC: knn}, run.cfg.epochs)
         encoder = run.method.encoder
-        assert isinstance(encoder, ResNetEncoder)
+        assert isinstance(encoder, Encoder)
         save_atomic({"spec": encoder.spec.to_dict(), "state_dict": _cpu_state(encoder)}, path)
     checkpoint.retire(run.fabric, run.checkpoint_dir)
     return knn

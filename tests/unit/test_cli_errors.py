@@ -153,7 +153,7 @@ def test_named_weights_missing_from_the_cache(capsys: pytest.CaptureFixture[str]
     for command in (["run"], ["stage", "pretrain"]):
         code, err = _run(capsys, *command, *args)
         assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-        assert f"the weights file {expected} is not there" in err and url in err and "--allow-download" in err
+        assert f"looked in torch.hub's cache: {expected}" in err and url in err and "--allow-download" in err
     code, err = _run(capsys, "run", *args, "--allow-download")
     assert code == 1 and "data folder not found" in err and not expected.exists()
     code, err = _run(capsys, "stage", "validate", *args)  # a stage that does not read the weights

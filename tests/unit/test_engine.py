@@ -14,19 +14,19 @@ from pipeline_tasks.config import PretrainConfig
 from pipeline_tasks.data.batches import BatchSource
 from pipeline_tasks.data.cache import decode_into
 from pipeline_tasks.data.decode import prepare_image
-from pipeline_tasks.models.encoders import EncoderSpec, ResNetEncoder
+from pipeline_tasks.models.encoders import Encoder, EncoderSpec
 from pipeline_tasks.ssl.monitors import knn_accuracy
 from pipeline_tasks.ssl.run import build_encoder
 
 
 @pytest.mark.parametrize(("arch", "dim"), [("resnet18", 512), ("resnet50", 2048)])
 def test_torchvision_encoders_with_the_small_stem(arch: str, dim: int) -> None:
-    enc = ResNetEncoder(EncoderSpec(in_channels=1, arch=arch, small_stem=True))
+    enc = Encoder(EncoderSpec(in_channels=1, arch=arch, small_stem=True))
     assert enc.feature_dim == dim and enc(torch.zeros(2, 1, 32, 32)).shape == (2, dim)
     # the small stem keeps 32 px at full resolution into layer1; the ImageNet stem quarters it
     small = enc.body.layer1(enc.body.relu(enc.body.bn1(enc.body.conv1(torch.zeros(1, 1, 32, 32)))))
     assert small.shape[-1] == 32
-    imagenet_stem = ResNetEncoder(EncoderSpec(3, arch=arch, small_stem=False))
+    imagenet_stem = Encoder(EncoderSpec(3, arch=arch, small_stem=False))
     assert imagenet_stem(torch.zeros(1, 3, 64, 64)).shape == (1, dim)
 
 
@@ -54,7 +54,7 @@ def test_bad_init_files_are_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "junk.pth").write_text("not torch")
     with pytest.raises(ValueError, match="not a PyTorch weights file"):
         build_encoder(cfg, 3, tmp_path / "junk.pth", 32)
-    with pytest.raises(ValueError, match="need a torchvision encoder"):
+    with pytest.raises(ValueError, match="the compact encoder starts only from an encoder file"):
         build_encoder(PretrainConfig(), 3, tmp_path / "r34.pth", 32)
 
 

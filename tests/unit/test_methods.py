@@ -9,7 +9,7 @@ import torch
 
 from pipeline_tasks.config import PipelineConfig, PretrainConfig
 from pipeline_tasks.data.preprocess import PreprocessRecord
-from pipeline_tasks.models.encoders import EncoderSpec, ResNetEncoder
+from pipeline_tasks.models.encoders import Encoder, EncoderSpec
 from pipeline_tasks.models.weights import load_encoder
 from pipeline_tasks.ssl.checkpoint import LAST
 from pipeline_tasks.ssl.losses import byol_loss, vicreg_loss
@@ -24,7 +24,7 @@ METHODS = ["simclr", "byol", "vicreg"]
 def test_twenty_steps_lower_the_loss(name: str) -> None:
     torch.manual_seed(0)
     x = torch.rand(32, 1, 12, 12)
-    method = build_method(name, ResNetEncoder(EncoderSpec(1, 4)), 32, PretrainConfig(projection_dim=16))
+    method = build_method(name, Encoder(EncoderSpec(1, 4)), 32, PretrainConfig(projection_dim=16))
     opt = torch.optim.AdamW(method.parameters(), lr=3e-3)
 
     def loss() -> torch.Tensor:  # two noisy views of the same 32 random images
@@ -44,7 +44,7 @@ def test_twenty_steps_lower_the_loss(name: str) -> None:
 
 
 def test_byol_target_follows_the_online_network_slowly() -> None:
-    method = build_method("byol", ResNetEncoder(EncoderSpec(1, 4)), 32, PretrainConfig(target_momentum=0.9))
+    method = build_method("byol", Encoder(EncoderSpec(1, 4)), 32, PretrainConfig(target_momentum=0.9))
     before = [p.clone() for p in method.target.parameters()]
     with torch.no_grad():
         for p in method.encoder.parameters():

@@ -26,9 +26,9 @@ from flows.pyfunc_model import ImageModel
 from pipeline_tasks.config import ConfigError, PretrainConfig, load_config
 from pipeline_tasks.finetune.views import pool_views
 from pipeline_tasks.models.classifier import save_classifier
-from pipeline_tasks.models.encoders import Classifier, EncoderSpec, ResNetEncoder
-from pipeline_tasks.models.hub import WeightsNotCachedError
+from pipeline_tasks.models.encoders import Classifier, Encoder, EncoderSpec
 from pipeline_tasks.models.inference import embed, predict_logits, to_float
+from pipeline_tasks.models.starts import WeightsNotFoundError
 from pipeline_tasks.models.weights import IMAGENET_MEAN, IMAGENET_STD, load_encoder
 from pipeline_tasks.recipes import PRESETS
 from pipeline_tasks.ssl.run import build_encoder, build_run
@@ -66,7 +66,9 @@ def test_named_weights_load_from_torch_hubs_cache_offline(torch_home: Path) -> N
     hub_file(torch_home).parent.mkdir(parents=True)
     torch.save(weights, hub_file(torch_home))
     encoder, notes = build_encoder(NAMED, 3, NAMED.init, 224)
-    assert notes == [f"initialised from torchvision:resnet18 ({hub_file(torch_home)})"]
+    assert notes[0] == f"initialised from torchvision:resnet18 ({hub_file(torch_home)})"
+    assert "torchvision's resnet18 IMAGENET1K_V1" in notes[1]
+    assert "licence: see https://github.com/pytorch/vision#pre-trained-model-license" in notes[1]
     assert all(torch.equal(v, weights[k]) for k, v in encoder.body.state_dict().items())
     # ImageNet's weights come with ImageNet's input normalisation, and the ImageNet stem at 224 px
     spec = encoder.spec
@@ -79,7 +81,7 @@ def test_named_weights_load_from_torch_hubs_cache_offline(torch_home: Path) -> N
 
 def test_a_missing_named_file_names_the_path_and_url_and_downloads_nothing(torch_home: Path) -> None:
     url = torchvision.models.ResNet18_Weights.DEFAULT.url
-    with pytest.raises(WeightsNotCachedError) as err:
+    with pytest.raises(WeightsNotFoundError) as err:
         build_encoder(NAMED, 3, NAMED.init, 224)
     message = str(err.value)
     assert str(hub_file(torch_home)) in message and url in message and "--allow-download" in message
@@ -127,13 +129,13 @@ def test_small_stem_auto_follows_the_image_size(setting: bool | str, size: int, 
 def test_imagenet_normalisation_is_torchvisions_normalize_and_old_encoders_keep_theirs() -> None:
     torch.manual_seed(0)
     spec = EncoderSpec(3, arch="resnet18", small_stem=False, mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    encoder = ResNetEncoder(spec).eval()
+    encoder = Encoder(spec).eval()
     x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     normalize = torchvision.transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     assert torch.allclose(encoder(to_float(x)), encoder.body(normalize(x.float() / 255)), atol=1e-5)
     old = {k: v for k, v in spec.to_dict().items() if k not in ("mean", "std")}  # a spec saved before
     assert EncoderSpec.from_dict(old).mean == ()
-    assert ResNetEncoder(EncoderSpec.from_dict(old)).input_scale is None
+    assert Encoder(EncoderSpec.from_dict(old)).input_scale is None
     assert EncoderSpec.from_dict(spec.to_dict()) == spec
 
 
@@ -142,7 +144,7 @@ def test_the_served_model_normalises_like_training(tmp_path: Path, monkeypatch: 
     bytes) give the same probabilities; without the normalisation they would differ."""
     torch.manual_seed(0)
     spec = EncoderSpec(3, 4, mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    trained = Classifier(ResNetEncoder(spec), 3).eval()
+    trained = Classifier(Encoder(spec), 3).eval()
     recipe_ = {"image_size": 16, "channels": 3, "resize": "crop"}
     save_classifier(trained, ("a", "b", "c"), recipe_, tmp_path / "classifier.pt")
     pixels = np.random.default_rng(1).integers(0, 256, (20, 24, 3), dtype=np.uint8)
@@ -158,7 +160,7 @@ def test_the_served_model_normalises_like_training(tmp_path: Path, monkeypatch: 
     (tmp_path / "x.png").write_bytes(buf.getvalue())
     image = load_image(tmp_path / "x.png", 16, 3, "crop")[None]
     as_trained = torch.softmax(predict_logits(trained, image, torch.device("cpu")), 1).numpy()
-    plain = Classifier(ResNetEncoder(EncoderSpec(3, 4)), 3).eval()
+    plain = Classifier(Encoder(EncoderSpec(3, 4)), 3).eval()
     plain.load_state_dict(trained.state_dict())
     unnormalised = torch.softmax(predict_logits(plain, image, torch.device("cpu")), 1).numpy()
     assert np.allclose(probs, as_trained, atol=1e-5)

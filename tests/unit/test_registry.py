@@ -23,7 +23,7 @@ from pipeline_tasks.data.manifest import build_manifest
 from pipeline_tasks.data.preprocess import PreprocessRecord, preprocess_data
 from pipeline_tasks.evaluation.evaluate import score
 from pipeline_tasks.models.classifier import load_classifier, save_classifier
-from pipeline_tasks.models.encoders import Classifier, EncoderSpec, ResNetEncoder
+from pipeline_tasks.models.encoders import Classifier, Encoder, EncoderSpec
 
 NAME = "digits"
 RECIPE = {"image_size": 28, "channels": 1, "resize": "crop"}
@@ -56,7 +56,7 @@ def classifier(tmp_path: Path, seed: int, classes: tuple[str, ...]) -> Path:
     """Random weights, seeded: equal seeds give equal weights (and equal digests)."""
     torch.manual_seed(seed)
     path = tmp_path / f"classifier-{seed}-{len(classes)}.pt"
-    save_classifier(Classifier(ResNetEncoder(EncoderSpec(1, 4)), len(classes)).eval(), classes, RECIPE, path)
+    save_classifier(Classifier(Encoder(EncoderSpec(1, 4)), len(classes)).eval(), classes, RECIPE, path)
     return path
 
 

@@ -34,7 +34,7 @@ from flows.registry import model_parts, output_schema
 from pipeline_tasks.data.cache import save_split
 from pipeline_tasks.data.inputs import InputPolicy
 from pipeline_tasks.models.classifier import save_classifier
-from pipeline_tasks.models.encoders import Classifier, EncoderSpec, ResNetEncoder
+from pipeline_tasks.models.encoders import Classifier, Encoder, EncoderSpec
 from tests.conftest import REPO
 
 CLASSES = ("cat", "dog", "owl")
@@ -47,7 +47,7 @@ PROBS = [f"prob_{c}" for c in CLASSES]
 def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "classifier.pt"
-    save_classifier(Classifier(ResNetEncoder(EncoderSpec(1, 4)), len(CLASSES)).eval(), CLASSES, RECIPE, path)
+    save_classifier(Classifier(Encoder(EncoderSpec(1, 4)), len(CLASSES)).eval(), CLASSES, RECIPE, path)
     return path
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from flows.cli import main
 from pipeline_tasks.finetune.suggest import pick_typical
-from pipeline_tasks.models.encoders import EncoderSpec, ResNetEncoder
+from pipeline_tasks.models.encoders import Encoder, EncoderSpec
 from tests.conftest import PARAMS
 
 SIZES = [40, 3, 17, 8, 25]  # unequal on purpose: random picks land twice in the big groups
@@ -86,7 +86,7 @@ def pool(tmp_path: Path) -> Path:
 def encoder(tmp_path: Path) -> Path:
     """A seeded, untrained compact encoder saved as pretraining saves one (``{"spec", "state_dict"}``)."""
     torch.manual_seed(0)
-    net = ResNetEncoder(EncoderSpec(base_width=8))
+    net = Encoder(EncoderSpec(base_width=8))
     path = tmp_path / "encoder.pt"
     torch.save({"spec": net.spec.to_dict(), "state_dict": net.state_dict()}, path)
     return path
