@@ -1,5 +1,5 @@
 """The encoder's memory layout, side by side in one run: training steps per second of the same
-encoder with NCHW (PyTorch's default) and channels-last (NHWC, what ``ResNetEncoder`` uses)
+encoder with NCHW (PyTorch's default) and channels-last (NHWC, what ``Encoder`` uses)
 weights and activations, in fp32 and, where the CPU has native bf16 (AMX), bf16 autocast.
 
     python bench/channels_last.py                       # compact encoder, 28 px, 1 and 2 threads
@@ -21,15 +21,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline_tasks.models.encoders import EncoderSpec, ResNetEncoder, resolve_small_stem  # noqa: E402
+from pipeline_tasks.models.encoders import EncoderSpec, Encoder, resolve_small_stem  # noqa: E402
 
 
-def images_per_second(enc: ResNetEncoder, x: torch.Tensor, channels_last: bool, dtype: torch.dtype | None,
+def images_per_second(enc: Encoder, x: torch.Tensor, channels_last: bool, dtype: torch.dtype | None,
                       steps: int) -> float:
     """Training images/s of ``enc`` on ``x`` in the layout asked."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     enc = enc.to(memory_format=fmt)
-    forward = enc if channels_last else enc.body  # ResNetEncoder.forward makes its input channels-last
+    forward = enc if channels_last else enc.body  # Encoder.forward makes its input channels-last
     opt = torch.optim.AdamW(enc.parameters(), 1e-3)
 
     def step() -> None:
@@ -71,7 +71,7 @@ def main() -> None:
         torch.set_num_threads(threads)
         for dtype in dtypes:
             spec = EncoderSpec(args.channels, args.base_width, arch=args.encoder, small_stem=small)
-            enc = ResNetEncoder(spec)
+            enc = Encoder(spec)
             nchw = images_per_second(enc, x, False, dtype, args.steps)
             nhwc = images_per_second(enc, x, True, dtype, args.steps)
             name = "bf16" if dtype else "fp32"

@@ -32,7 +32,7 @@ from pipeline_tasks.config import load_config  # noqa: E402
 from pipeline_tasks.data.cache import load_split_labels, open_images  # noqa: E402
 from pipeline_tasks.evaluation.references import Split, knn, logistic_regression  # noqa: E402
 from pipeline_tasks.finetune.subsets import stratified_subset  # noqa: E402
-from pipeline_tasks.models.encoders import EncoderSpec, ResNetEncoder  # noqa: E402
+from pipeline_tasks.models.encoders import EncoderSpec, Encoder  # noqa: E402
 from pipeline_tasks.models.inference import embed  # noqa: E402
 from pipeline_tasks.models.weights import load_encoder  # noqa: E402
 from pipeline_tasks.ssl.trainer import pretrain_encoder  # noqa: E402
@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def train_lightly(pre: Path, spec: EncoderSpec, seconds: float, batch: int,
-                  lr: float) -> tuple[ResNetEncoder, float]:
+                  lr: float) -> tuple[Encoder, float]:
     """lightly's SimCLR on the cached training images until ``seconds`` pass; returns the
     encoder and its views/s."""
     from lightly.loss import NTXentLoss  # noqa: PLC0415 - bench-only
@@ -62,7 +62,7 @@ def train_lightly(pre: Path, spec: EncoderSpec, seconds: float, batch: int,
         def __getitem__(self, i: int) -> list[torch.Tensor]:
             return transform(Image.fromarray(images[i, 0]))
 
-    encoder = ResNetEncoder(spec)
+    encoder = Encoder(spec)
     head = SimCLRProjectionHead(encoder.feature_dim, encoder.feature_dim, 128)
     model = torch.nn.Sequential(encoder, head)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr * batch / 256, weight_decay=1e-4)

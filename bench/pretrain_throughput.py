@@ -28,14 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline_tasks.config import PretrainConfig  # noqa: E402
 from pipeline_tasks.data.cache import save_split  # noqa: E402
-from pipeline_tasks.models.encoders import EncoderSpec, ResNetEncoder, resolve_small_stem  # noqa: E402
+from pipeline_tasks.models.encoders import EncoderSpec, Encoder, resolve_small_stem  # noqa: E402
 from pipeline_tasks.ssl.trainer import pretrain_encoder  # noqa: E402
 
 
 def flops_per_view(cfg: PretrainConfig, channels: int, size: int) -> float:
     """Training FLOPs of one view through the encoder: 3x its forward pass."""
     small_stem = resolve_small_stem(cfg.small_stem, size, cfg.encoder)
-    enc = ResNetEncoder(EncoderSpec(channels, cfg.base_width, arch=cfg.encoder, small_stem=small_stem))
+    enc = Encoder(EncoderSpec(channels, cfg.base_width, arch=cfg.encoder, small_stem=small_stem))
     with FlopCounterMode(display=False) as counter:
         enc(torch.zeros(1, channels, size, size))
     return 3.0 * counter.get_total_flops()
