@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline_tasks.models.encoders import EncoderSpec, Encoder, resolve_small_stem  # noqa: E402
+from pipeline_tasks.models.encoders import Encoder, EncoderSpec, resolve_small_stem  # noqa: E402
 
 
 def images_per_second(enc: Encoder, x: torch.Tensor, channels_last: bool, dtype: torch.dtype | None,

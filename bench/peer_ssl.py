@@ -32,7 +32,7 @@ from pipeline_tasks.config import load_config  # noqa: E402
 from pipeline_tasks.data.cache import load_split_labels, open_images  # noqa: E402
 from pipeline_tasks.evaluation.references import Split, knn, logistic_regression  # noqa: E402
 from pipeline_tasks.finetune.subsets import stratified_subset  # noqa: E402
-from pipeline_tasks.models.encoders import EncoderSpec, Encoder  # noqa: E402
+from pipeline_tasks.models.encoders import Encoder, EncoderSpec  # noqa: E402
 from pipeline_tasks.models.inference import embed  # noqa: E402
 from pipeline_tasks.models.weights import load_encoder  # noqa: E402
 from pipeline_tasks.ssl.trainer import pretrain_encoder  # noqa: E402

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline_tasks.config import PretrainConfig  # noqa: E402
 from pipeline_tasks.data.cache import save_split  # noqa: E402
-from pipeline_tasks.models.encoders import EncoderSpec, Encoder, resolve_small_stem  # noqa: E402
+from pipeline_tasks.models.encoders import Encoder, EncoderSpec, resolve_small_stem  # noqa: E402
 from pipeline_tasks.ssl.trainer import pretrain_encoder  # noqa: E402
 
 
