@@ -14,13 +14,13 @@ import torch
 from pipeline_tasks.config import EvaluateConfig
 from pipeline_tasks.data.cache import load_split_labels, open_images
 from pipeline_tasks.evaluation.compare import mcnemar
+from pipeline_tasks.evaluation.grids import worst_misclassified
 from pipeline_tasks.evaluation.metrics import classification_metrics, confusion_matrix
 from pipeline_tasks.evaluation.plots import (
     compare_scores,
     confusion_matrices,
     per_class_accuracy,
     reliability_diagram,
-    worst_misclassified,
 )
 from pipeline_tasks.evaluation.references import Chunks, Split, best_of, reference_points
 from pipeline_tasks.finetune.subsets import load_label_budget
@@ -36,8 +36,7 @@ class EvaluateRecord:
     confusion_png: str
     test_accuracy: float
     test_macro_f1: float
-    scratch_test_accuracy: float | None = None  # the from-scratch baseline, when trained
-    lift_points: float | None = None  # (test_accuracy - scratch_test_accuracy) * 100
+    pretraining_lift_points: float | None = None  # against the model without pretraining, in points
     runtime: dict[str, str] = field(default_factory=dict)  # device, device_name, precision
 
 
@@ -45,8 +44,15 @@ def score(preprocessed_dir: str | Path, classifier_path: str | Path, batch_size:
           runtime: Runtime | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """``(probabilities [N, K], true labels [N], class names)`` on the test split, streamed from
     the memory-mapped cache ``batch_size`` images at a time, on ``runtime`` (default: the GPU
-    when there is one, quietly the CPU otherwise)."""
+    when there is one, quietly the CPU otherwise). ``ValueError`` for a model whose class names
+    are not the data's (``classes.json``): its predictions would be read as other classes."""
     model, classes = load_classifier(classifier_path)
+    names = Path(preprocessed_dir) / "classes.json"
+    data_classes = json.loads(names.read_text()) if names.is_file() else classes
+    if classes != data_classes:
+        raise ValueError(f"{classifier_path}: a model of classes {classes}, but the data's are "
+                         f"{data_classes}; it was trained on other data: train it again on this data "
+                         "(pretrainflow run)")
     x, y = open_images(preprocessed_dir, "test"), load_split_labels(preprocessed_dir, "test")
     if len(x) == 0:
         raise ValueError("the test split is empty: add images or raise preprocess.test_fraction")
@@ -55,9 +61,24 @@ def score(preprocessed_dir: str | Path, classifier_path: str | Path, batch_size:
     return torch.softmax(logits, 1).numpy(), y, classes
 
 
-# baseline name -> the prefix of its lift metrics (points and McNemar p-value)
 PIXEL_CHUNK_BYTES = 64 << 20  # of float64 test pixels the pixel references hold at once
-LIFTS = {"scratch": "lift", "pretrained": "pool_lift", "init": "lift_over_init"}
+
+
+def lift_names(baselines: dict[str, Path]) -> dict[str, str]:
+    """Baseline name -> the prefix of the lift metrics (points and McNemar p-value) against it,
+    each lift named for the one thing the model has and the baseline lacks:
+
+    - ``scratch_pool`` (the same network from scratch, through the same pool stage): the
+      ``pretraining_lift``;
+    - ``pretrained`` (the fine-tuned model before the pool stage): the ``pool_lift``;
+    - ``scratch`` (from scratch on the labels alone): the ``pipeline_lift`` when the pool stage
+      ran, else the ``pretraining_lift`` (then the model differs from it in pretraining only);
+    - ``init`` (the starting weights fine-tuned without self-supervised pretraining): the
+      ``lift_over_init``.
+    """
+    pooled = "pretrained" in baselines
+    return {"scratch_pool": "pretraining_lift", "pretrained": "pool_lift",
+            "scratch": "pipeline_lift" if pooled else "pretraining_lift", "init": "lift_over_init"}
 
 
 def evaluate_classifier(
@@ -65,15 +86,13 @@ def evaluate_classifier(
     metrics_path: str | Path, plots_dir: str | Path, baselines: dict[str, Path] | None = None,
     extra: dict[str, float] | None = None, references: tuple[Path, Path] | None = None,
 ) -> EvaluateRecord:
-    """Score the classifier and the ``baselines`` (``scratch``: the same network from random
-    weights; ``pretrained``: fine-tuned before the pool stage; ``init``: from ``pretrain.init``
-    without pretraining) on the test split; each lift comes with the p-value of McNemar's test
-    on the same images. With ``references`` (the encoder and fine-tuning's ``labels.npz``), the
-    reference points too (``evaluation.references``). Writes ``metrics_path`` (DVC metrics,
-    ``extra`` merged in) and ``plots_dir/`` (``confusion_matrix.png``, ``reliability.png``,
-    ``baselines.png``, ``per_class_accuracy.png``, ``worst_misclassified.png``, and
-    ``predictions.csv``: per test image its sha256, true and predicted class, and each
-    baseline's)."""
+    """Score the classifier and the ``baselines`` (``lift_names`` says which) on the test split;
+    each lift comes with the p-value of McNemar's test on the same images. With ``references``
+    (the encoder and fine-tuning's ``labels.npz``), the reference points too
+    (``evaluation.references``). Writes ``metrics_path`` (DVC metrics, ``extra`` merged in) and
+    ``plots_dir/`` (``confusion_matrix.png``, ``reliability.png``, ``baselines.png``,
+    ``per_class_accuracy.png``, ``worst_misclassified.png``, and ``predictions.csv``: per test
+    image its sha256, true and predicted class, and each baseline's)."""
     runtime = resolve_runtime(cfg.device, cfg.precision, "evaluate")
     probs, y_true, classes = score(preprocessed_dir, classifier_path, cfg.batch_size, runtime)
     y_pred = probs.argmax(1)
@@ -82,12 +101,13 @@ def evaluate_classifier(
                                 "actual": [classes[i] for i in y_true],
                                 "predicted": [classes[i] for i in y_pred]})
     per_model = {"this model": y_pred}
+    lifts = lift_names(baselines or {})
     for name, path in (baselines or {}).items():
         base = score(preprocessed_dir, path, cfg.batch_size, runtime)[0].argmax(1)
         paired = mcnemar(y_pred == y_true, base == y_true)
         metrics.update({f"{name}_test_accuracy": paired.score_b,
-                        f"{LIFTS[name]}_points": round(paired.difference_points, 2),
-                        f"{LIFTS[name]}_p_value": paired.p_value})
+                        f"{lifts[name]}_points": round(paired.difference_points, 2),
+                        f"{lifts[name]}_p_value": paired.p_value})
         predictions[f"{name}_predicted"] = [classes[i] for i in base]
         per_model[name] = base
     if references is not None:
@@ -98,8 +118,7 @@ def evaluate_classifier(
     png = _plots(Path(plots_dir), probs, y_true, classes, metrics, per_model, Path(preprocessed_dir))
     predictions.to_csv(Path(plots_dir) / "predictions.csv", index=False)
     return EvaluateRecord(str(metrics_path), str(png), metrics["test_accuracy"], metrics["test_macro_f1"],
-                          metrics.get("scratch_test_accuracy"), metrics.get("lift_points"),
-                          runtime.describe())
+                          metrics.get("pretraining_lift_points"), runtime.describe())
 
 
 def reference_metrics(preprocessed_dir: Path, encoder_path: Path, labels_path: Path,
@@ -165,6 +184,7 @@ def _test_shas(preprocessed_dir: str | Path, n: int) -> list[str]:
 
 
 BASELINE_LABELS = {"pretrained_test_accuracy": "pretrained, no pool", "scratch_test_accuracy": "scratch",
+                   "scratch_pool_test_accuracy": "scratch + pool",
                    "init_test_accuracy": "starting weights", "pixels_test_accuracy": "pixels",
                    "encoder_test_accuracy": "frozen encoder"}
 

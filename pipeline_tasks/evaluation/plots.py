@@ -1,4 +1,5 @@
-"""The pictures a run logs, drawn by matplotlib (its object API: no pyplot state, no display).
+"""The charts a run logs, drawn by matplotlib (its object API: no pyplot state, no display);
+the image grids are in ``grids``.
 
 Every function writes one PNG and returns its path; class names are shown in full.
 """
@@ -12,27 +13,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline_tasks.evaluation.figures import figure, save
+
 if TYPE_CHECKING:
     import pandas as pd
-    from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
-
-DPI = 100
-
-
-def _figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, list[Axes]]:
-    from matplotlib.figure import Figure  # noqa: PLC0415 - ~0.3 s; only when drawing
-
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    axes = fig.subplots(1, ncols, squeeze=False)[0]
-    return fig, list(axes)
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
-
 
 def confusion_matrices(cm: np.ndarray, classes: Sequence[str], path: Path) -> Path:
     """Counts (left) and the share of each true class (right, rows sum to 1), ``cm``
@@ -41,7 +25,7 @@ def confusion_matrices(cm: np.ndarray, classes: Sequence[str], path: Path) -> Pa
 
     k = len(classes)
     side = max(4.5, 0.55 * k + 2.5)
-    fig, (raw, share) = _figure(2 * side, side, ncols=2)
+    fig, (raw, share) = figure(2 * side, side, ncols=2)
     rows = cm.sum(1, keepdims=True)
     normalised = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
     panels = ((raw, cm, "d", "images"), (share, normalised, ".2f", "share of the true class"))
@@ -50,7 +34,7 @@ def confusion_matrices(cm: np.ndarray, classes: Sequence[str], path: Path) -> Pa
             ax=ax, values_format=fmt, cmap="Blues", colorbar=True, xticks_rotation=45,
             include_values=k <= 20)
         ax.set_title(f"confusion matrix: {title}")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def reliability_diagram(probs: np.ndarray, y_true: np.ndarray, path: Path, bins: int = 15) -> Path:
@@ -61,7 +45,7 @@ def reliability_diagram(probs: np.ndarray, y_true: np.ndarray, path: Path, bins:
     which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
     count = np.bincount(which, minlength=bins)
     accuracy = np.divide(np.bincount(which, correct, bins), count, out=np.zeros(bins), where=count > 0)
-    fig, (ax,) = _figure(5.5, 5)
+    fig, (ax,) = figure(5.5, 5)
     centres = (edges[:-1] + edges[1:]) / 2
     ax.bar(centres, accuracy, width=1 / bins, edgecolor="black", label="accuracy in the bin")
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
@@ -71,50 +55,23 @@ def reliability_diagram(probs: np.ndarray, y_true: np.ndarray, path: Path, bins:
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top class probability)", ylabel="accuracy",
            title="reliability diagram (numbers: images per bin)")
     ax.legend(loc="upper left")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def compare_scores(scores: Mapping[str, float], path: Path, metric: str = "test accuracy") -> Path:
     """One bar per model (this run's model, its baselines), the value written on each."""
-    fig, (ax,) = _figure(max(5.0, 1.3 * len(scores) + 2), 4)
+    fig, (ax,) = figure(max(5.0, 1.3 * len(scores) + 2), 4)
     names, values = list(scores), [scores[n] for n in scores]
     bars = ax.bar(names, values, color=["tab:green", *["tab:grey"] * (len(names) - 1)])
     ax.bar_label(bars, fmt="%.3f")
     ax.set(ylim=(0, 1.05), ylabel=metric, title=f"{metric}: this run's model against its baselines")
-    return _save(fig, path)
-
-
-def _show(ax: Axes, image: np.ndarray) -> None:
-    """One uint8 ``[C, H, W]`` image (grey or RGB) at its own pixels, without ticks."""
-    pixels = image.transpose(1, 2, 0)
-    ax.imshow(pixels[..., 0] if pixels.shape[2] == 1 else pixels, cmap="gray", vmin=0, vmax=255,
-              interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def view_grid(rows: np.ndarray, path: Path, row_labels: Sequence[str] | None = None) -> Path:
-    """Augmentation preview: ``rows`` uint8 ``[N, 3, C, H, W]`` (an image, then its two views),
-    one row per image, labelled with ``row_labels`` when given."""
-    n = len(rows)
-    fig, _ = _figure(6, 2 * max(n, 1) + 0.4, ncols=1)
-    fig.clear()
-    axes = fig.subplots(max(n, 1), 3, squeeze=False)
-    for i, row in enumerate(rows):
-        for j, (image, title) in enumerate(zip(row, ("image", "view 1", "view 2"), strict=True)):
-            ax = axes[i][j]
-            _show(ax, image)
-            if i == 0:
-                ax.set_title(title)
-        if row_labels is not None:
-            axes[i][0].set_ylabel(row_labels[i])
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def label_efficiency_chart(table: pd.DataFrame, path: Path, title: str) -> Path:
     """Test accuracy against the number of training labels, one line per model, error bars
     = std over seeds; ``table`` has columns ``mode``, ``train_labels``, ``mean``, ``std``."""
-    fig, (ax,) = _figure(7, 4.5)
+    fig, (ax,) = figure(7, 4.5)
     for mode, rows in table.groupby("mode", sort=True):
         rows = rows.sort_values("train_labels")
         ax.errorbar(rows["train_labels"], rows["mean"], yerr=rows["std"].fillna(0), marker="o", capsize=3,
@@ -127,13 +84,13 @@ def label_efficiency_chart(table: pd.DataFrame, path: Path, title: str) -> Path:
     ax.set_title(textwrap.fill(title, 80), fontsize=10)  # the data's description, often long
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def validation_curves(curves: Mapping[str, Sequence[tuple[int, float]]], path: Path) -> Path:
     """Validation accuracy against fine-tuning step, one line per model (``curves``: name ->
     ``[(step, accuracy), ...]``), so the pretrained model and its baselines share one chart."""
-    fig, (ax,) = _figure(7, 4.5)
+    fig, (ax,) = figure(7, 4.5)
     for name, points in curves.items():
         if points:
             steps, values = zip(*points, strict=True)
@@ -142,7 +99,7 @@ def validation_curves(curves: Mapping[str, Sequence[tuple[int, float]]], path: P
            title="validation accuracy while fine-tuning (the best check is kept)")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def per_class_accuracy(y_true: np.ndarray, predictions: Mapping[str, np.ndarray], classes: Sequence[str],
@@ -152,7 +109,7 @@ def per_class_accuracy(y_true: np.ndarray, predictions: Mapping[str, np.ndarray]
     from sklearn.metrics import recall_score  # noqa: PLC0415
 
     k, n = len(classes), max(1, len(predictions))
-    fig, (ax,) = _figure(max(6.0, 0.5 * k * n + 2), 4.5)
+    fig, (ax,) = figure(max(6.0, 0.5 * k * n + 2), 4.5)
     width = 0.8 / n
     for i, (name, pred) in enumerate(predictions.items()):
         recall = recall_score(y_true, pred, labels=list(range(k)), average=None, zero_division=0)
@@ -160,36 +117,4 @@ def per_class_accuracy(y_true: np.ndarray, predictions: Mapping[str, np.ndarray]
     ax.set_xticks(np.arange(k), list(classes), rotation=45 if k > 10 else 0)
     ax.set(ylim=(0, 1.05), ylabel="accuracy within the class", title="per-class test accuracy")
     ax.legend()
-    return _save(fig, path)
-
-
-def _image_grid(images: np.ndarray, titles: Sequence[str], path: Path, columns: int, title: str) -> Path:
-    """``images`` uint8 ``[N, C, H, W]`` in rows of ``columns``, each under its title."""
-    n = len(images)
-    cols = max(1, min(columns, n))
-    rows = max(1, -(-n // cols))
-    fig, _ = _figure(1.6 * cols, 1.7 * rows + 0.5)
-    fig.clear()
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        if k < n:
-            _show(ax, images[k])
-            ax.set_title(titles[k], fontsize=7)
-        else:
-            ax.set_axis_off()
-    fig.suptitle(title)
-    return _save(fig, path)
-
-
-def worst_misclassified(images: np.ndarray, titles: Sequence[str], path: Path, columns: int = 8) -> Path:
-    """A grid of test images the model got wrong, most confident first: ``images`` uint8
-    ``[N, C, H, W]``, each under its title ("true -> predicted (confidence)")."""
-    return _image_grid(images, titles, path, columns,
-                       "the most confident mistakes on the test split (true -> predicted)" if len(images)
-                       else "no mistakes")
-
-
-def suggestion_sheet(images: np.ndarray, titles: Sequence[str], path: Path, columns: int = 10) -> Path:
-    """A contact sheet: ``images`` uint8 ``[N, C, H, W]`` in rows of ``columns``, each under its
-    title (the images to label, with their rank and cluster size)."""
-    return _image_grid(images, titles, path, columns, f"{len(images)} images to label, most typical first")
+    return save(fig, path)

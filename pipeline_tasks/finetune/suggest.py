@@ -27,7 +27,7 @@ import torch
 from pipeline_tasks.data.datasets import atomic_folder
 from pipeline_tasks.data.decode import SUFFIXES, DecodeError, load_image
 from pipeline_tasks.data.listing import BAD_NAME, list_pool
-from pipeline_tasks.evaluation.plots import suggestion_sheet
+from pipeline_tasks.evaluation.grids import suggestion_sheet
 from pipeline_tasks.models.encoders import Encoder
 from pipeline_tasks.models.inference import embed
 from pipeline_tasks.models.weights import load_encoder

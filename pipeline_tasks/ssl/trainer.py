@@ -23,7 +23,7 @@ from torch import nn
 from pipeline_tasks.config import PretrainConfig
 from pipeline_tasks.data.batches import Rows
 from pipeline_tasks.data.cache import content_digest, load_split_labels, open_images, view_source
-from pipeline_tasks.evaluation.plots import view_grid
+from pipeline_tasks.evaluation.grids import view_grid
 from pipeline_tasks.models.encoders import Encoder
 from pipeline_tasks.models.inference import embed
 from pipeline_tasks.models.starts import ResolvedWeights

@@ -111,7 +111,7 @@ def test_dvc_exp_run_never_moves_champion(repo: Path) -> None:
 def test_import_ends_with_dvc_add(tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch,
                                   capsys: pytest.CaptureFixture[str]) -> None:
     """`data import-folder` into the project's data/ records the new version in data.dvc."""
-    from flows.cli import main
+    from flows.cli.main import main
 
     _sh(tmp_path, "git", "init", "-q")
     _sh(tmp_path, sys.executable, "-m", "dvc", "init", "-q")
@@ -174,7 +174,7 @@ def test_import_keeps_one_copy_of_the_images_beside_the_source(
     """Issue 15: `data import-folder` copied the photos into data/ and `dvc add` copied them again
     into .dvc/cache, three copies with the source. With the project's .dvc/config (a clone has
     it) data/ and the cache share one copy, and the version is recorded as before."""
-    from flows.cli import main
+    from flows.cli.main import main
 
     src, rng = tmp_path / "photos", np.random.default_rng(0)
     for i in range(36):

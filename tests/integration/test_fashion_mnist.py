@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import main
-from flows.pipeline import pretrain_finetune
+from flows.cli.main import main
+from flows.orchestration.pipeline import pretrain_finetune
 from tests.conftest import PARAMS, TINY
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from flows.pipeline import pretrain_finetune
+from flows.orchestration.pipeline import pretrain_finetune
 from pipeline_tasks.data.datasets import write_builtin
 from tests.conftest import PARAMS, TINY, free_port, wait_for_url
 
@@ -156,7 +156,7 @@ def test_champion_takes_files_and_arrays_of_any_size_and_mode(first: dict[str, A
 
 def test_predict_command(first: dict[str, Any], tiny_data: Path, tmp_path: Path,
                          capsys: pytest.CaptureFixture[str]) -> None:
-    from flows.cli import main
+    from flows.cli.main import main
 
     out = tmp_path / "preds.csv"
     assert main(["predict", str(tiny_data / "3"), str(tiny_data / "7"), "--output", str(out)]) == 0
@@ -213,7 +213,7 @@ def test_an_edited_image_reruns_every_stage(workspace: Path, tiny_data: Path, tm
 
 def test_a_failure_after_registration_moves_no_alias(
         first: dict[str, Any], workspace: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import flows.summary
+    import flows.orchestration.summary
 
     client = mlflow.MlflowClient()
     before = {a: str(v) for a, v in client.get_registered_model(MODEL).aliases.items()}
@@ -223,7 +223,8 @@ def test_a_failure_after_registration_moves_no_alias(
         if kwargs.get("key") == "run-summary":
             raise RuntimeError("the Prefect API went away")
 
-    monkeypatch.setattr(flows.summary, "create_markdown_artifact", broken)  # where run-summary is published
+    # where run-summary is published
+    monkeypatch.setattr(flows.orchestration.summary, "create_markdown_artifact", broken)
     assert _flow(workspace, tiny_data, "finetune.lr=0.003", "register.min_improvement=0").is_failed()
     assert len(client.search_model_versions(f"name = '{MODEL}'")) == versions + 1  # registered...
     after = {a: str(v) for a, v in client.get_registered_model(MODEL).aliases.items()}

@@ -35,7 +35,7 @@ from uuid import UUID
 import pytest
 import yaml
 
-from flows import graph
+from flows.orchestration import graph
 from tests.conftest import REPO, free_port, wait_for_url, write_tiny_params
 
 pytestmark = pytest.mark.slow
@@ -410,7 +410,7 @@ def _check_run(stack: Stack, client: Any, parent: Any, md5: str) -> Any:
 # either creates it (the barrier), as two teammates' first runs at once on a fresh stack can.
 FIRST_RUNS = """
 import sys, threading, mlflow
-from flows.tracking import setup_tracking
+from flows.tracking.runs import setup_tracking
 real, barrier, looked = mlflow.get_experiment_by_name, threading.Barrier(2, timeout=120), threading.local()
 def look_then_wait(name):
     found = real(name)
@@ -450,7 +450,7 @@ def _both_decide(client: Any, runs: list[subprocess.Popen[str]], since: int) -> 
 def test_two_runs_at_once_record_everything_and_one_champion(stack: Stack, projects: Projects,
                                                              launch: Any) -> None:
     """Alice and Bob run at once. The champion's compare-and-set is made to matter: the test
-    holds the alias lock (flows/aliases.py) until both have registered and decided against the
+    holds the alias lock (flows/registry/aliases.py) until both have registered and decided against the
     same champion (none), so both decide to promote, and only the first to move may."""
     import mlflow
 

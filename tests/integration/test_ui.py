@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.servers import EXPERIMENT_KIND, TRAINING_KIND, ServerGroup
+from flows.cli.servers import EXPERIMENT_KIND, TRAINING_KIND, ServerGroup
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow

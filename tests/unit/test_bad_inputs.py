@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.cli import main
+from flows.cli.main import main
 from tests.conftest import PARAMS
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import main
+from flows.cli.main import main
 from tests.conftest import PARAMS, REPO, free_port
 
 
@@ -100,10 +100,11 @@ def test_data_builtin_refuses_existing_folder(capsys: pytest.CaptureFixture[str]
     assert code == 1 and "refusing to overwrite" in err
 
 
-def test_python_dash_m_keeps_the_one_line_error() -> None:
-    # `python -m flows.cli` imports the module twice (__main__ and flows.cli): the error that the
-    # handlers raise must still be the one main() catches, not a traceback.
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--params", "params.yaml",
+@pytest.mark.parametrize("module", ["flows.cli", "flows.cli.main"])
+def test_python_dash_m_keeps_the_one_line_error(module: str) -> None:
+    # `python -m flows.cli.main` imports the module twice (__main__ and flows.cli.main): the error
+    # that the handlers raise must still be the one main() catches, not a traceback.
+    proc = subprocess.run([sys.executable, "-m", module, "run", "--params", "params.yaml",
                            "--set", "pretrain.epoch=2"], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

@@ -34,7 +34,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from flows import graph
+from flows.orchestration import graph
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -63,7 +63,7 @@ NOT_PASSED = {
           "schedule names its timezone",
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "`pretrainflow ui` (local servers) only; the stack runs its own",
     "MLFLOW_DISABLE_TELEMETRY": "`pretrainflow ui` (local servers) only; the stack runs its own",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "flows/tracking.py sets it to false unless the user did",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "flows/tracking/runs.py sets it to false unless the user did",
     "PRETRAINFLOW_ALLOW_PATHS": "read by a registered model where it is loaded (local batch use); the stack "
                                 "serves no model, and a model server must not set it",
     "PRETRAINFLOW_MAX_PIXELS": "read by a registered model where it is loaded; the stack serves no model "
@@ -283,7 +283,7 @@ def code_reads() -> dict[str, set[str]]:
     """Variable name -> files of flows/ and pipeline_tasks/ that read it through os.environ or
     os.getenv; a name that is not a string literal fails (nobody could check it)."""
     reads: dict[str, set[str]] = {}
-    for path in sorted([*(REPO / "flows").glob("*.py"), *(REPO / "pipeline_tasks").rglob("*.py")]):
+    for path in sorted([*(REPO / "flows").rglob("*.py"), *(REPO / "pipeline_tasks").rglob("*.py")]):
         for node in ast.walk(ast.parse(path.read_text())):
             key = None
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
@@ -617,7 +617,7 @@ def test_every_variable_the_code_reads_is_passed_or_known() -> None:
     for needed in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_LOGGING_EXTRA_LOGGERS",
                    "DVC_NO_ANALYTICS"):
         assert needed in worker
-    # the values: what the CLI would have set by itself (flows/cli.py), here set for the worker
+    # the values: what the CLI would have set by itself (flows/cli/main.py), here set for the worker
     assert environment("worker")["PREFECT_LOGGING_EXTRA_LOGGERS"] == "pipeline_tasks"
 
 

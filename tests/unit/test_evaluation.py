@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 from sklearn import metrics as skm
 
-from pipeline_tasks.evaluation import plots
+from pipeline_tasks.evaluation import figures as figures_module
+from pipeline_tasks.evaluation import grids, plots
 from pipeline_tasks.evaluation.metrics import (
     classification_metrics,
     confusion_matrix,
@@ -47,13 +48,14 @@ def test_calibration_error_by_hand() -> None:
 def captured(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """The matplotlib figures the plot functions save."""
     figures: list[Any] = []
-    real = plots._save
+    real = figures_module.save
 
     def keep(fig: Any, path: Path) -> Path:
         figures.append(fig)
         return real(fig, path)
 
-    monkeypatch.setattr(plots, "_save", keep)
+    for module in (plots, grids):
+        monkeypatch.setattr(module, "save", keep)
     return figures
 
 
@@ -70,7 +72,7 @@ def test_pictures_are_matplotlib_with_full_class_names(captured: list[Any], tmp_
     plots.compare_scores({"this model": 0.8, "scratch baseline": 0.7}, tmp_path / "bars.png")
     assert {"this model", "scratch baseline"} <= _texts(captured[-1])
     views = np.random.default_rng(0).integers(0, 255, (2, 3, 1, 8, 8), dtype=np.uint8)
-    plots.view_grid(views, tmp_path / "views.png", row_labels=classes[:2])
+    grids.view_grid(views, tmp_path / "views.png", row_labels=classes[:2])
     table = pd.DataFrame({"mode": ["full", "full", "scratch", "scratch"], "train_labels": [10, 100, 10, 100],
                           "mean": [0.7, 0.9, 0.5, 0.85], "std": [0.01, 0.02, 0.03, 0.01]})
     plots.label_efficiency_chart(table, tmp_path / "eff.png", "title")
@@ -108,7 +110,7 @@ def test_validation_curves_share_one_chart(captured: list[Any], tmp_path: Path) 
 def test_the_contact_sheet_shows_every_image_under_its_title(captured: list[Any], tmp_path: Path) -> None:
     images = np.random.default_rng(0).integers(0, 255, (13, 3, 8, 8), dtype=np.uint8)
     titles = [f"#{i + 1} (cluster of {20 - i})" for i in range(13)]
-    plots.suggestion_sheet(images, titles, tmp_path / "sheet.png")
+    grids.suggestion_sheet(images, titles, tmp_path / "sheet.png")
     shown = [ax for ax in captured[-1].axes if ax.images]
     assert len(shown) == 13 and [ax.get_title() for ax in shown] == titles  # 2 rows of 10, in rank order
     with Image.open(tmp_path / "sheet.png") as im:

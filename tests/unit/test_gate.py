@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.gate import Challenger, Comparison, decide
+from flows.registry.gate import Challenger, Comparison, decide
 from pipeline_tasks.data.splits import split_fingerprint
 from pipeline_tasks.evaluation.compare import mcnemar, paired_bootstrap, weighted_macro_f1
 from pipeline_tasks.evaluation.metrics import macro_f1
@@ -55,8 +55,8 @@ def test_the_margin_applies_on_top_of_significance() -> None:
     assert not d.promote and "not better by the margin" in d.reason and "0.06" in d.reason
 
 
-@pytest.mark.parametrize(("lift", "p", "why"), [(0.0, 0.5, "scratch baseline"),
-                                               (-3.5, 0.9, "scratch baseline"),
+@pytest.mark.parametrize(("lift", "p", "why"), [(0.0, 0.5, "did not beat the same network from scratch"),
+                                               (-3.5, 0.9, "pretraining lift -3.50"),
                                                (2.0, 0.2, "within noise: McNemar p = 0.2")])
 def test_a_model_that_does_not_beat_scratch_beyond_noise_is_refused(lift: float, p: float, why: str) -> None:
     d = decide(challenger(lift, p), None, "test_accuracy", 0.0)

@@ -1,4 +1,4 @@
-"""The stage graph exists once (flows/graph.py): dvc.yaml, the flow's order, the CLI's choices,
+"""The stage graph exists once (flows/orchestration/graph.py): dvc.yaml, the flow's order, the CLI's choices,
 the cache keys, the artifact paths and docker/multigpu.sh must agree with it."""
 
 from __future__ import annotations
@@ -9,18 +9,18 @@ import re
 import pytest
 import yaml
 
-from flows import graph
-from flows.artifacts import ArtifactPaths
-from flows.cli import build_parser
-from flows.pipeline import COMPUTE_STAGES
-from flows.stages import RUNNERS
+from flows.cli.main import build_parser
+from flows.orchestration import graph
+from flows.orchestration.pipeline import COMPUTE_STAGES
+from flows.stages.artifacts import ArtifactPaths
+from flows.stages.runners import runner
 from pipeline_tasks.config import load_config
 from tests.conftest import PARAMS, REPO
 
 
 def test_dvc_yaml_is_the_rendered_graph() -> None:
     assert (REPO / "dvc.yaml").read_text() == graph.render_dvc_yaml(), \
-        "dvc.yaml differs from flows/graph.py: regenerate it with `python -m flows.graph > dvc.yaml`"
+        "dvc.yaml differs from the graph: regenerate it with `python -m flows.orchestration.graph > dvc.yaml`"
 
 
 def test_dvc_reads_the_rendered_file_as_the_graph_says() -> None:
@@ -36,17 +36,32 @@ def test_dvc_reads_the_rendered_file_as_the_graph_says() -> None:
 
 
 def test_a_stage_depends_on_every_module_it_imports() -> None:
-    # the closure follows imports: finetune reaches the cache and the encoders through train.py
+    # the closure follows imports from the stage's runner: finetune reaches the cache and the
+    # encoders through train.py, and what decides which files it reads (artifacts.py)
     files = graph.code_files("finetune")
     assert {"pipeline_tasks/data/cache.py", "pipeline_tasks/models/encoders.py",
-            "flows/stages.py", "pipeline_tasks/config.py"} <= set(files)
+            "flows/stages/finetune.py", "flows/stages/artifacts.py", "pipeline_tasks/config.py"} <= set(files)
     assert "pipeline_tasks/ssl/trainer.py" not in files  # not another stage's code
-    assert "flows/registry.py" in graph.code_files("register")
+    assert "flows/stages/artifacts.py" in graph.code_files("evaluate")  # it picks the model evaluated
+    assert "flows/registry/register.py" in graph.code_files("register")
+
+
+def test_only_code_that_computes_a_stage_is_its_code() -> None:
+    """Changing what is logged, how a chart looks or how the encoder is registered retrains
+    nothing: tracking, orchestration, the charts and the encoder's registration are no code of
+    pretraining, while the picture pretraining draws (its views) is."""
+    files = set(graph.code_files("pretrain"))
+    assert "pipeline_tasks/evaluation/grids.py" in files and "flows/stages/pretrain.py" in files
+    recording = {"flows/tracking/runs.py", "flows/tracking/dvc.py", "flows/orchestration/graph.py",
+                 "flows/registry/encoders.py", "pipeline_tasks/evaluation/plots.py"}
+    assert not files & recording, files & recording
+    orchestration = ("flows/orchestration/", "flows/cli/", "flows/tracking/")
+    assert not any(f.startswith(orchestration) for s in graph.NAMES for f in graph.code_files(s))
 
 
 def test_the_flow_the_cli_and_the_runners_follow_the_graph() -> None:
     assert COMPUTE_STAGES == graph.NAMES[1:-1]
-    assert list(RUNNERS) == list(graph.NAMES)
+    assert all(runner(name).__name__ == f"run_{name}" for name in graph.NAMES)
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     stage = sub.choices["stage"]
     assert tuple(next(a for a in stage._actions if a.dest == "name").choices) == graph.NAMES

@@ -84,7 +84,7 @@ def test_the_validate_stage_process_imports_no_torch(tmp_path: Path, tiny_data: 
     less per stage on a 2-core CPU)."""
     write_tiny_params(tmp_path / "params.yaml", f"data.dir={tiny_data}")
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "flows.cli", "stage", "validate"],
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "flows.cli.main", "stage", "validate"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines()

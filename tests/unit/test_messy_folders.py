@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import main
-from flows.dvc import untracked_pool_warning
+from flows.cli.main import main
+from flows.tracking.dvc import untracked_pool_warning
 from tests.conftest import PARAMS
 
 LITTER = ["__MACOSX/3/._00001.png", "3/._00001.png", ".DS_Store", "3/.DS_Store", "7/Thumbs.db",

@@ -21,8 +21,8 @@ import torch
 import torchvision
 from PIL import Image
 
-from flows.cli import _expand, build_parser
-from flows.pyfunc_model import ImageModel
+from flows.cli.main import _expand, build_parser
+from flows.registry.pyfunc_model import ImageModel
 from pipeline_tasks.config import ConfigError, PretrainConfig, load_config
 from pipeline_tasks.finetune.views import pool_views
 from pipeline_tasks.models.classifier import save_classifier
@@ -73,10 +73,11 @@ def test_named_weights_load_from_torch_hubs_cache_offline(torch_home: Path) -> N
     # ImageNet's weights come with ImageNet's input normalisation, and the ImageNet stem at 224 px
     spec = encoder.spec
     assert (spec.mean, spec.std, spec.small_stem) == (IMAGENET_MEAN, IMAGENET_STD, False)
-    from flows.stages import _init_weights  # the init baseline resolves the name the same way
+    from flows.stages.starts import starting_weights  # the init baseline resolves the name the same way
 
     cfg = load_config(PARAMS, ["pretrain.encoder=resnet18", "pretrain.init=torchvision:resnet18"])
-    assert _init_weights(cfg) == str(hub_file(torch_home))
+    weights = starting_weights(cfg)
+    assert weights is not None and weights.path == hub_file(torch_home)
 
 
 def test_a_missing_named_file_names_the_path_and_url_and_downloads_nothing(torch_home: Path) -> None:

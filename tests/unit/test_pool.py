@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from flows.cli import main
+from flows.cli.main import main
 from pipeline_tasks.config import PipelineConfig, ValidateConfig
 from pipeline_tasks.data.cache import open_images
 from pipeline_tasks.data.datasets import labeled_mask, write_labeled_and_pool

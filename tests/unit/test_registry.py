@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 import torch
 
-from flows.artifacts import ArtifactPaths
-from flows.registry import RegisterRecord, apply_decision, classifier_digest, register_model
+from flows.registry.models import classifier_digest
+from flows.registry.register import RegisterRecord, apply_decision, register_model
+from flows.stages.artifacts import ArtifactPaths
 from pipeline_tasks.config import PipelineConfig
 from pipeline_tasks.data.manifest import build_manifest
 from pipeline_tasks.data.preprocess import PreprocessRecord, preprocess_data
@@ -80,7 +81,8 @@ def register(model: Path, cfg: PipelineConfig, paths: ArtifactPaths, predicted: 
         paths.plots / "predictions.csv", index=False)
     accuracy = float((predicted == rows["label"].to_numpy()).mean())
     metrics: dict[str, Any] = {"test_accuracy": accuracy, "test_macro_f1": accuracy, "test_images": len(rows),
-                               "labels_used": 50, "lift_points": lift, "lift_p_value": lift_p}
+                               "labels_used": 50, "pretraining_lift_points": lift,
+                               "pretraining_lift_p_value": lift_p}
     split = json.loads((paths.preprocessed / "splits.json").read_text())
     with mlflow.start_run() as run:
         return register_model(model, metrics, split, cfg, run.info.run_id, "md5-test", paths)
@@ -109,7 +111,7 @@ def test_better_beyond_noise_is_promoted_and_noise_is_not(
     assert tags["gate_decision"] == "challenger" and "not beyond noise" in tags["gate_reason"]
     assert "McNemar p = 0.5" in tags["gate_reason"] and tags["gate_p_value"] == "0.5"
     assert tags["test_split_sha256"] == json.loads((paths.preprocessed / "splits.json").read_text())[
-        "test_split_sha256"] and tags["labels_used"] == "50" and tags["lift_p_value"] == "0.001"
+        "test_split_sha256"] and tags["labels_used"] == "50" and tags["pretraining_lift_p_value"] == "0.001"
 
     better = register(classifier(tmp_path, 3, pre.classes), cfg, paths, truth)  # right on every image
     assert better.promote and "better beyond noise" in better.reason
@@ -122,7 +124,7 @@ def test_a_lift_within_noise_or_below_zero_means_no_champion(
         store: mlflow.MlflowClient, cfg: PipelineConfig, paths: ArtifactPaths, tmp_path: Path) -> None:
     classes = tuple(str(c) for c in range(10))
     record = apply_decision(register(classifier(tmp_path, 1, classes), cfg, paths, lift=-1.0))
-    assert aliases(store) == {"challenger": "1"} and "scratch baseline" in record.reason
+    assert aliases(store) == {"challenger": "1"} and "the same network from scratch" in record.reason
     record = apply_decision(register(classifier(tmp_path, 2, classes), cfg, paths, lift=1.5, lift_p=0.3))
     assert aliases(store) == {"challenger": "2"} and "within noise: McNemar p = 0.3" in record.reason
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from flows.reports import TRAINING_LAYOUT, headline, model_link, run_link
+from flows.orchestration.reports import TRAINING_LAYOUT, headline, model_link, run_link
 from tests.conftest import REPO
 
 
@@ -15,20 +15,22 @@ def test_every_mlflow_link_opens_the_training_layout() -> None:
     assert model_link(uri, "m", "3").endswith(f"/#/models/m/versions/3{TRAINING_LAYOUT})")
     assert run_link("sqlite:///mlflow.db", "1", "abc") == "`abc`"  # no server, no link
     # every MLflow UI address in flows/ is built by reports.run_url/model_url or ends in the layout
-    for path in (REPO / "flows").glob("*.py"):
+    for path in (REPO / "flows").rglob("*.py"):
         for line in path.read_text().splitlines():
             if re.search(r"/#/(experiments|models)/", line) and path.name != "reports.py":
                 assert "TRAINING_LAYOUT" in line, f"{path.name}: {line.strip()}"
 
 
 def test_the_headline_puts_the_model_against_its_baselines() -> None:
+    lift = "+5.00 points (pretraining: against scratch + the same pool stage; McNemar p 1e-05)"
     summary = {"test_accuracy": 0.93, "scratch_test_accuracy": 0.75, "pretrained_test_accuracy": 0.85,
-               "pixels_test_accuracy": 0.6, "lift_points": "+18.00 (McNemar p 1e-30)", "labels_used": 140,
+               "scratch_pool_test_accuracy": 0.88, "pixels_test_accuracy": 0.6,
+               "pretraining_lift_points": lift, "labels_used": 140,
                "train_labels": 40, "val_labels": 100, "test_images": 1000}
     text = headline(summary)
     assert "test accuracy 0.9300" in text and "scratch 0.7500" in text and "raw pixels 0.6000" in text
-    assert "pretrained without the pool 0.8500" in text
-    assert "(lift over scratch +18.00 (McNemar p 1e-30))" in text
+    assert "pretrained without the pool 0.8500" in text and "scratch + pool 0.8800" in text
+    assert f"pretraining lift {lift}" in text
     assert "140 labels (40 training + 100 validation)" in text
 
 

@@ -4,7 +4,7 @@ every row with a one-line reason for a bad one, and `pretrainflow predict` in ba
 predicts the good files of a folder and names the bad ones.
 
 The model is a random-weight classifier: loaded straight from its class, or saved as the
-registry logs it (``flows.registry.model_parts``) without a tracking store (~10 s saved).
+registry logs it (``flows.registry.models.model_parts``) without a tracking store (~10 s saved).
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ import pytest
 import torch
 from PIL import Image
 
-import flows.commands
-import flows.predict
-from flows.cli import main
-from flows.pyfunc_model import ImageModel
-from flows.registry import model_parts, output_schema
+import flows.cli.commands
+import flows.registry.predict
+from flows.cli.main import main
+from flows.registry.models import model_parts, output_schema
+from flows.registry.pyfunc_model import ImageModel
 from pipeline_tasks.data.cache import save_split
 from pipeline_tasks.data.inputs import InputPolicy
 from pipeline_tasks.models.classifier import save_classifier
@@ -276,14 +276,15 @@ def test_predict_streams_a_folder_and_names_the_bad_files(
     (folder / "broken.png").write_text("not an image")
     (folder / "huge.png").write_bytes(huge_png)
     # a model saved on disk needs no tracking store (creating an sqlite one costs ~10 s)
-    monkeypatch.setattr(flows.commands, "setup_tracking", lambda experiment: "0")
+    monkeypatch.setattr(flows.cli.commands, "setup_tracking", lambda experiment: "0")
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # as setup_tracking sets it
     for name in ("PRETRAINFLOW_ALLOW_PATHS", "PRETRAINFLOW_MAX_PIXELS"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(flows.predict, "BATCH", 3)
+    monkeypatch.setattr(flows.registry.predict, "BATCH", 3)
     sizes: list[int] = []
-    read = flows.predict._read
-    monkeypatch.setattr(flows.predict, "_read", lambda files: (sizes.append(len(files)), read(files))[1])
+    read = flows.registry.predict._read
+    monkeypatch.setattr(flows.registry.predict, "_read",
+                        lambda files: (sizes.append(len(files)), read(files))[1])
     out = tmp_path / "preds.csv"
     code = main(["predict", str(folder), "--model-uri", str(saved), "--output", str(out)])
     err = capsys.readouterr().err
@@ -316,6 +317,6 @@ def test_predict_with_a_model_that_raises_for_a_bad_row(tmp_path: Path) -> None:
     files = [tmp_path / name for name in ("a.png", "b.png", "c.png")]
     for f, data in zip(files, (b"good", b"bad", b"fine!"), strict=True):
         f.write_bytes(data)
-    out = flows.predict.predict_files(Old(), files)
+    out = flows.registry.predict.predict_files(Old(), files)
     assert list(out["path"]) == [str(f) for f in files] and list(out["label"][[0, 2]]) == [4, 5]
     assert list(out["error"]) == ["", "image 1: does not decode as an image", ""]

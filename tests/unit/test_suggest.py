@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from flows.cli import main
+from flows.cli.main import main
 from pipeline_tasks.finetune.suggest import pick_typical
 from pipeline_tasks.models.encoders import Encoder, EncoderSpec
 from tests.conftest import PARAMS

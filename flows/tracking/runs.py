@@ -16,14 +16,15 @@ import mlflow
 import yaml
 from mlflow.exceptions import MlflowException
 
-from flows import graph
-from flows.project import project_root
+from flows.orchestration import graph
+from flows.tracking.project import project_root
 from pipeline_tasks.config import PipelineConfig
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # What the MLflow 3 UI reads to open an experiment on its training runs, not on a GenAI traces page.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 LogMetrics = Callable[[dict[str, float], int], None]
+JOB_TAG = "pretrainflow.job"  # on every MLflow run a job starts: its lock's job id
 
 
 class TrackingError(RuntimeError):
@@ -183,3 +184,14 @@ def stage_run(stage: str, ctx: Any, cfg: PipelineConfig, params: dict[str, Any])
         if params:
             mlflow.log_params(params)
         yield run.info.run_id
+
+
+def fail_runs_of(job: str, experiment_id: str) -> int:
+    """End as FAILED the runs still RUNNING that job ``job`` started (a job that crashed: killed,
+    out of memory, a signal); returns how many."""
+    client = mlflow.MlflowClient()
+    query = f"tags.`{JOB_TAG}` = '{job}' and attributes.status = 'RUNNING'"
+    found = client.search_runs([experiment_id], query)
+    for run in found:
+        client.set_terminated(run.info.run_id, "FAILED")
+    return len(found)

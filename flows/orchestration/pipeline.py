@@ -29,16 +29,14 @@ from prefect.logging.handlers import APILogHandler
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
-from flows import graph
-from flows.artifacts import ArtifactPaths, RunContext
-from flows.registry import RegisterRecord, apply_decision
-from flows.reports import (
+from flows.orchestration import graph
+from flows.orchestration.lock import ProjectBusy, project_lock
+from flows.orchestration.reports import (
     mlflow_ui,
     model_url,
     validation_markdown,
 )
-from flows.stages import RUNNERS, run_register
-from flows.summary import (
+from flows.orchestration.summary import (
     describe_parent_run,
     devices,
     first_screen,
@@ -47,7 +45,11 @@ from flows.summary import (
     publish,
     tracking_failure,
 )
-from flows.tracking import lineage_tags, setup_tracking
+from flows.registry.register import RegisterRecord, apply_decision
+from flows.stages.artifacts import ArtifactPaths, RunContext
+from flows.stages.runners import run_stage
+from flows.stages.starts import starting_weights
+from flows.tracking.runs import JOB_TAG, fail_runs_of, lineage_tags, setup_tracking
 from pipeline_tasks.config import PipelineConfig, load_config
 from pipeline_tasks.data.errors import DataError
 from pipeline_tasks.data.validate import ValidationRecord
@@ -86,7 +88,7 @@ def validate_data_task(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContex
     digest is the data version downstream."""
     report = paths.validation / "report.json"  # validate_data removes an earlier run's first
     try:
-        return RUNNERS["validate"](cfg, paths, ctx)
+        return run_stage("validate", cfg, paths, ctx)
     except DataError as exc:
         return str(exc)  # a closed gate is an outcome, not a crash: the flow fails cleanly
     finally:
@@ -99,7 +101,7 @@ def validate_data_task(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContex
 def stage_task(stage: str, key: str, upstream: tuple[Any, ...], cfg: PipelineConfig,
                paths: ArtifactPaths, ctx: RunContext) -> StageResult:
     """Deterministic compute: cached, never retried (a retry would compute the same failure)."""
-    record = RUNNERS[stage](cfg, paths, ctx)
+    record = run_stage(stage, cfg, paths, ctx)
     files = [paths.root / Path(f).relative_to(graph.ARTIFACTS) for f in graph.BY_NAME[stage].proof]
     return StageResult(stage, record, tuple((str(f), _sha256(f)) for f in files if f.is_file()),
                        ctx.parent_run_id)
@@ -114,7 +116,7 @@ SERVICE_RETRIES = {"retries": 2, "retry_delay_seconds": [5, 20]}
 def register_task(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext,
                   evaluated: StageResult) -> RegisterRecord:
     """Register and decide; the aliases move in `move-aliases`, after everything else."""
-    return run_register(cfg, paths, ctx, apply=False)
+    return run_stage("register", cfg, paths, ctx, apply=False)
 
 
 @task(name="move-aliases", **SERVICE_RETRIES)
@@ -124,10 +126,20 @@ def move_aliases_task(record: RegisterRecord, paths: ArtifactPaths) -> RegisterR
     return record
 
 
+def cache_key(stage: str, cfg: PipelineConfig, init_sha256: str = "") -> str:
+    """A stage's cache key: the params it reads (as dvc.yaml lists them), its code and, for the
+    stages that read ``pretrain.init``, the starting weights' content (a name such as
+    ``models:/pretrainflow-encoder/latest`` stays the same while the file it names changes)."""
+    params = graph.BY_NAME[stage].params
+    reads_init = any(p in ("pretrain", "pretrain.init") for p in params)
+    return (f"{stage}:{cfg.section_digest(*params)}:{graph.code_digest(stage)}"
+            f"{f':{init_sha256}' if reads_init and init_sha256 else ''}")
+
+
 def _run_stage(stage: str, upstream: tuple[Any, ...], cfg: PipelineConfig, paths: ArtifactPaths,
-               ctx: RunContext, no_cache: bool) -> StageResult:
-    """One cached stage; its key: the params it reads (as dvc.yaml lists them) and its code."""
-    key = f"{stage}:{cfg.section_digest(*graph.BY_NAME[stage].params)}:{graph.code_digest(stage)}"
+               ctx: RunContext, no_cache: bool, init_sha256: str) -> StageResult:
+    """One cached stage (``cache_key``); a result whose files changed on disk runs again."""
+    key = cache_key(stage, cfg, init_sha256)
     name = graph.BY_NAME[stage].task
     run = stage_task.with_options(name=name, refresh_cache=no_cache)
     result = run(stage, key, upstream, cfg, paths, ctx)
@@ -162,8 +174,22 @@ def pretrain_finetune(
     sets = list(overrides or []) + ([f"data.dir={json.dumps(data_dir)}"] if data_dir else [])
     cfg = load_config(params, sets)
     paths = ArtifactPaths(Path(artifacts).resolve())
+    try:
+        with project_lock(paths.root, f"pretrainflow run (flow run {flow_run.name})") as job:
+            return _tracked(cfg, paths, record_data, no_cache, started, job)
+    except ProjectBusy as exc:
+        return Failed(message=str(exc))
+
+
+def _tracked(cfg: PipelineConfig, paths: ArtifactPaths, record_data: bool, no_cache: bool, started: float,
+             job: Any) -> Any:
+    """The flow inside its MLflow parent run, which ends FAILED whatever stops it here; a user's
+    fault (bad data, a refused input) and a tracking store that fails end the flow run Failed
+    with one message."""
     experiment_id = setup_tracking(cfg.tracking.experiment)
-    tags = {**lineage_tags(cfg.data.dir, cfg.data.unlabeled_dir), **_prefect_tags()}
+    if job.crashed:
+        fail_runs_of(job.crashed, experiment_id)
+    tags = {**lineage_tags(cfg.data.dir, cfg.data.unlabeled_dir), **_prefect_tags(), JOB_TAG: job.id}
     parent = mlflow.start_run(experiment_id=experiment_id, run_name=f"pretrain-finetune {flow_run.name}",
                               tags=tags, description=_describe(cfg, tags))
     try:
@@ -174,6 +200,9 @@ def pretrain_finetune(
         with contextlib.suppress(Exception):
             mlflow.end_run("FAILED")
         return Failed(message=tracking_failure(exc))
+    except (DataError, ValueError) as exc:
+        mlflow.end_run("FAILED")
+        return Failed(message=str(exc))
     except BaseException:
         with contextlib.suppress(Exception):
             mlflow.end_run("FAILED")
@@ -258,9 +287,11 @@ def _train_and_register(validated: ValidationRecord, cfg: PipelineConfig, paths:
     ctx = RunContext(ctx.experiment_id, ctx.parent_run_id,
                      {**ctx.tags, "data_images": str(validated.n_images)})
     upstream: tuple[Any, ...] = (validated.data_digest,)
+    weights = starting_weights(cfg)  # resolved once: a registered encoder is downloaded once
     results = {}
     for stage in COMPUTE_STAGES:
-        results[stage] = _run_stage(stage, upstream, cfg, paths, ctx, no_cache)
+        results[stage] = _run_stage(stage, upstream, cfg, paths, ctx, no_cache,
+                                    weights.sha256 if weights else "")
         upstream = (*upstream, results[stage].outputs)
     source = results["evaluate"].mlflow_run_id
     source = source if source != ctx.parent_run_id else None

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from flows.errors import UserError
-from flows.project import project_root
-from flows.reports import TRAINING_LAYOUT
+from flows.cli.errors import UserError
+from flows.orchestration.reports import TRAINING_LAYOUT
+from flows.tracking.project import project_root
 
 STOP_TIMEOUT_S = 15.0
 # MLflow answers /health ~10-20 s after start on 2 busy cores; a first Prefect start migrates

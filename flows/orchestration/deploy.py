@@ -33,7 +33,7 @@ def serve(params: str, overrides: list[str], cron: str | None, timezone: str | N
     time. ``cron`` in ``timezone`` (default: this machine's)."""
     from prefect.schedules import Cron  # noqa: PLC0415 - prefect only when serving
 
-    from flows.pipeline import pretrain_finetune  # noqa: PLC0415
+    from flows.orchestration.pipeline import pretrain_finetune  # noqa: PLC0415
 
     schedules = [Cron(cron, timezone=timezone or local_timezone())] if cron else []
     pretrain_finetune.serve(

@@ -1,7 +1,7 @@
 """What the CLI shows a user at the end of a command: the error they can fix, or the run summary.
 
-These live apart from ``flows.cli`` because ``python -m flows.cli`` imports that module twice
-(as ``__main__`` and as ``flows.cli``): a ``UserError`` defined there and raised by the
+These live apart from ``flows.cli.main``, which ``python -m flows.cli.main`` imports twice (as
+``__main__`` and as ``flows.cli.main``): a ``UserError`` defined there and raised by the
 handlers would be another class than the one ``main()`` catches, and every clean error would
 become a traceback. Nothing here imports the rest of the package.
 """

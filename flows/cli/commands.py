@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from pathlib import Path
 
-from flows.artifacts import ArtifactPaths, RunContext
-from flows.dvc import (
+from flows.cli.errors import UserError, print_summary
+from flows.stages.artifacts import ArtifactPaths, RunContext
+from flows.tracking.dvc import (
     DvcError,
     commit_stage_outputs,
     in_dvc_repo,
@@ -17,8 +19,7 @@ from flows.dvc import (
     tracks,
     untracked_pool_warning,
 )
-from flows.errors import UserError, print_summary
-from flows.tracking import TrackingError, lineage_tags, setup_tracking
+from flows.tracking.runs import JOB_TAG, TrackingError, fail_runs_of, lineage_tags, setup_tracking
 from pipeline_tasks.config import ConfigError, PipelineConfig, load_config
 from pipeline_tasks.data.datasets import UNLABELED, write_builtin
 from pipeline_tasks.data.decode import REFUSED, REFUSED_FIX
@@ -50,7 +51,7 @@ def _preflight(cfg: PipelineConfig, needs_init: bool = True) -> str:
         from pipeline_tasks.models.starts import check_init  # noqa: PLC0415
 
         try:
-            check_init(init, cfg.pretrain.allow_download)
+            check_init(init, cfg.pretrain.allow_download, cfg.pretrain.encoder)
         except ValueError as exc:
             raise UserError(str(exc)) from exc
     try:
@@ -70,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _preflight(cfg)
     folders = [f for f in (cfg.data.dir, cfg.data.unlabeled_dir) if f]
     tracked = all(tracks(f) for f in folders)
-    from flows.pipeline import pretrain_finetune  # noqa: PLC0415 - imports prefect
+    from flows.orchestration.pipeline import pretrain_finetune  # noqa: PLC0415 - imports prefect
 
     # The flow records the tracked folders with `dvc add` after the gate, never before it.
     state = pretrain_finetune(params=args.params, overrides=args.overrides, data_dir=args.data_dir,
@@ -80,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UserError(state.message or "the flow failed; see the log above")
     summary = state.result()
     print_summary(summary)
-    if tracked and args.params == "params.yaml" and not args.overrides and in_dvc_repo():
+    if tracked and in_dvc_repo() and _as_dvc_repro_runs(args, cfg):
         try:
             commit_stage_outputs()
             print("DVC: stage outputs recorded in dvc.lock (`dvc status` is clean)")
@@ -89,16 +90,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _as_dvc_repro_runs(args: argparse.Namespace, cfg: PipelineConfig) -> bool:
+    """True when this run read exactly what ``dvc repro`` reads: params.yaml as it is, no
+    ``--set``, ``--preset`` or ``--data-dir`` that changes it. Only then may its outputs be
+    recorded in dvc.lock (otherwise dvc.lock would name data and params the outputs do not
+    come from)."""
+    return args.params == "params.yaml" and cfg == load_config("params.yaml")
+
+
 def cmd_stage(args: argparse.Namespace) -> int:
-    from flows.stages import RUNNERS  # noqa: PLC0415
+    """One stage under the project's lock (rank 0 holds it for a torchrun job)."""
+    from flows.orchestration.lock import ProjectBusy, project_lock  # noqa: PLC0415
+    from flows.stages.runners import run_stage  # noqa: PLC0415
 
     cfg = _config(args)
     experiment_id = _preflight(cfg, needs_init=args.name in INIT_STAGES)
-    tags = lineage_tags(cfg.data.dir, cfg.data.unlabeled_dir)
-    ctx = RunContext(experiment_id, None, {**tags, "runner": "pretrainflow stage"})
+    paths = ArtifactPaths()
     try:
-        record = RUNNERS[args.name](cfg, ArtifactPaths(), ctx)
-    except (DataError, ValueError) as exc:
+        with project_lock(paths.root, f"pretrainflow stage {args.name}") if world.current().is_main \
+                else contextlib.nullcontext() as job:
+            if job is not None and job.crashed:
+                fail_runs_of(job.crashed, experiment_id)
+            tags = {**lineage_tags(cfg.data.dir, cfg.data.unlabeled_dir), "runner": "pretrainflow stage",
+                    **({JOB_TAG: job.id} if job is not None else {})}
+            record = run_stage(args.name, cfg, paths, RunContext(experiment_id, None, tags))
+    except (DataError, ValueError, ProjectBusy) as exc:
         raise UserError(str(exc)) from exc
     print(f"{args.name}: {record}")
     return 0
@@ -215,11 +231,11 @@ def _image_files(paths: list[str]) -> list[Path]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Predict every image file under ``args.paths`` in batches (``flows.predict``); exit 1 when
+    """Predict every image file under ``args.paths`` in batches (``flows.registry.predict``); exit 1 when
     any file could not be predicted (each is named on stderr and has an ``error`` in the CSV)."""
     import mlflow  # noqa: PLC0415
 
-    from flows.predict import predict_to_csv  # noqa: PLC0415
+    from flows.registry.predict import predict_to_csv  # noqa: PLC0415
 
     files = _image_files(args.paths)
     try:
@@ -246,7 +262,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _config(args)  # fail now on bad params, not at the first scheduled run
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # noqa: PLC0415
 
-    from flows.deploy import serve  # noqa: PLC0415
+    from flows.orchestration.deploy import serve  # noqa: PLC0415
 
     if args.timezone:
         try:

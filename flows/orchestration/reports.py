@@ -50,18 +50,21 @@ def _fmt(value: Any, key: str = "") -> str:
     return str(value)
 
 
-COMPARED = (("scratch_test_accuracy", "scratch"), ("pretrained_test_accuracy", "pretrained without the pool"),
-            ("pixels_test_accuracy", "raw pixels"), ("encoder_test_accuracy", "the frozen encoder"))
+COMPARED = (("scratch_pool_test_accuracy", "scratch + pool"),
+            ("pretrained_test_accuracy", "pretrained without the pool"),
+            ("scratch_test_accuracy", "scratch"), ("pixels_test_accuracy", "raw pixels"),
+            ("encoder_test_accuracy", "the frozen encoder"))
 
 
 def headline(summary: dict[str, Any]) -> str:
-    """One sentence that answers "did it help": the model against its baselines, the lift over
-    scratch with its p-value, the label budget."""
+    """One sentence that answers "did it help": the model against its baselines, pretraining's
+    lift with its p-value, the label budget (training and validation labels)."""
     against = ", ".join(f"{name} {summary[key]:.4f}" for key, name in COMPARED
                         if isinstance(summary.get(key), float | int))
-    lift = f" (lift over scratch {summary['lift_points']})" if "lift_points" in summary else ""
+    lift = summary.get("pretraining_lift_points")
+    said = f"; pretraining lift {lift}" if lift else ""
     return (f"**This run's model: test accuracy {summary['test_accuracy']:.4f}** against "
-            f"{against or 'no baseline'}{lift}, with {summary['labels_used']} labels "
+            f"{against or 'no baseline'}{said}, with {summary['labels_used']} labels "
             f"({summary['train_labels']} training + {summary['val_labels']} validation), on "
             f"{summary['test_images']} test images.")
 

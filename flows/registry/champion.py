@@ -4,7 +4,7 @@ Every registered classifier carries ``seen_images.txt`` (the sha256 of every ima
 trained, pretrained or selected on) inside its model. To compare, the champion's classifier is
 downloaded from the registry and run, in batches on the GPU when there is one, on this run's
 test images minus the ones it saw; the challenger's predictions on the same images come from
-the evaluate stage. The gate then tests the difference (``flows.gate``).
+the evaluate stage. The gate then tests the difference (``flows.registry.gate``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
-from flows.gate import Comparison
+from flows.registry.gate import Comparison
 from pipeline_tasks.data.batches import Rows
 from pipeline_tasks.data.cache import open_images, recipe
 from pipeline_tasks.data.decode import load_image

@@ -13,8 +13,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from flows import graph
-from flows.errors import UserError
+from flows.cli.errors import UserError
+from flows.orchestration import graph
 from pipeline_tasks.recipes import PRESETS, with_preset
 
 # Before prefect is imported: no analytics calls offline, and the stages' epoch logs shown.
@@ -155,12 +155,12 @@ def _ui_parser(ui: argparse.ArgumentParser) -> None:
 
 def _handler(command: str) -> Callable[[argparse.Namespace], int]:
     # Heavy imports only after argument parsing. `ui` only supervises two servers: it skips
-    # flows.commands (torch, mlflow, GX: ~4 s and ~0.7 GB) for the whole time the servers run.
+    # flows.cli.commands (torch, mlflow, GX: ~4 s and ~0.7 GB) for the whole time the servers run.
     if command == "ui":
-        from flows.servers import cmd_ui  # noqa: PLC0415
+        from flows.cli.servers import cmd_ui  # noqa: PLC0415
 
         return cmd_ui
-    from flows import commands  # noqa: PLC0415
+    from flows.cli import commands  # noqa: PLC0415
 
     return {"run": commands.cmd_run, "stage": commands.cmd_stage, "data": commands.cmd_data,
             "predict": commands.cmd_predict, "serve": commands.cmd_serve}[command]

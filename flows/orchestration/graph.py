@@ -1,8 +1,15 @@
 """The stage graph, written once: each stage's name, Prefect task, params, code, inputs and
 outputs. Everything that names stages derives from ``STAGES``: the flow's order and cache keys
-(``flows.pipeline``), the stage runners and artifact paths (``flows.stages``), the MLflow stage
-descriptions (``flows.tracking``), the CLI's choices (``flows.cli``) and ``dvc.yaml``, which
-``render_dvc_yaml`` writes (``python -m flows.graph > dvc.yaml``; a test keeps them equal).
+(``flows.orchestration.pipeline``), the stage runners (``flows.stages``), the lineage each stage
+records and checks (``flows.stages.artifacts``), the MLflow stage descriptions
+(``flows.tracking.runs``), the CLI's choices (``flows.cli.main``) and ``dvc.yaml``, which
+``render_dvc_yaml`` writes (``python -m flows.orchestration.graph > dvc.yaml``; a test keeps
+them equal).
+
+A stage's code is the import closure of its runner, ``flows.stages.<name>``: what computes its
+outputs and decides which inputs it reads. Modules that only record (MLflow runs, DVC, the
+encoder's registration) or orchestrate are not code of any stage: changing a log line must not
+retrain an encoder.
 
 This module imports only the standard library (and ``pipeline_tasks.codehash``, which does too),
 so the CLI can read it before anything heavy.
@@ -18,12 +25,9 @@ from pipeline_tasks import codehash
 
 ARTIFACTS = "artifacts"
 PACKAGES = ("flows", "pipeline_tasks")
-# Every runner is in flows/stages.py and records through flows/tracking.py; stages.py imports
-# every stage's code, so its own imports are not followed (they would make every stage depend
-# on all the others). This table computes nothing, so it is no stage's code.
-COMMON_CODE = ("flows.stages", "flows.tracking", "pipeline_tasks.config")
-NOT_FOLLOWED = frozenset({"flows.stages"})
-NOT_CODE = frozenset({"flows.graph"})
+# Packages and modules that record or orchestrate; no stage's output depends on their code.
+RECORDING = ("flows.cli", "flows.orchestration", "flows.tracking", "flows.registry.encoders")
+LINEAGE = "lineage.json"  # each stage's record of what it was computed from (flows.stages.artifacts)
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,6 @@ class Stage:
     task: str  # the Prefect task's name (kebab-case)
     description: str  # the MLflow stage run's description
     params: tuple[str, ...]  # params.yaml sections, or section.key, the stage reads
-    code: tuple[str, ...]  # entry modules; the stage's code is their import closure
     deps: tuple[str, ...]  # inputs: earlier stages' outputs, ${data.dir}
     outs: tuple[str, ...]  # outputs DVC caches
     # Files whose sha256 prove a cached result is still on disk, byte for byte (those a stage
@@ -43,6 +46,18 @@ class Stage:
     metrics: tuple[str, ...] = ()  # DVC metrics (not cached by DVC)
     plots: tuple[str, ...] = ()
     untracked_outs: tuple[str, ...] = ()  # outputs DVC records but does not cache
+    home: str = ""  # the folder its lineage file goes in (default: its first output)
+
+    @property
+    def runner(self) -> str:
+        """The module of its runner, ``run_<name>``: the root of its code."""
+        return f"flows.stages.{self.name}"
+
+    @property
+    def lineage(self) -> str | None:
+        """Its lineage file, or None for a stage that writes no folder (register)."""
+        home = self.home or (self.outs[0] if self.outs else "")
+        return f"{home}/{LINEAGE}" if home else None
 
 
 def _a(*paths: str) -> tuple[str, ...]:
@@ -55,49 +70,64 @@ _CACHE_FILES = _a(*(f"preprocessed/{split}_{kind}.npy" for split in ("train", "v
 STAGES: tuple[Stage, ...] = (
     Stage("validate", "validate-data",
           "Great Expectations gate on the labeled images and the unlabeled pool",
-          ("data", "validate"), ("pipeline_tasks.data.validate",), ("${data.dir}",), _a("validation")),
+          ("data", "validate"), ("${data.dir}",), _a("validation")),
     Stage("preprocess", "preprocess-data", "splits by content and the uint8 image cache",
-          ("data", "preprocess"), ("pipeline_tasks.data.preprocess",), ("${data.dir}", *_a("validation")),
-          _a("preprocessed"),
+          ("data", "preprocess"), ("${data.dir}", *_a("validation")), _a("preprocessed"),
           proof=(*_CACHE_FILES, *_a("preprocessed/pool_images.npy", "preprocessed/classes.json",
                                     "preprocessed/splits.json", "preprocessed/seen_images.txt",
                                     "preprocessed/train_images_large.npy",
-                                    "preprocessed/pool_images_large.npy"))),
+                                    "preprocessed/pool_images_large.npy", f"preprocessed/{LINEAGE}"))),
     Stage("pretrain", "pretrain-encoder", "self-supervised pretraining of the encoder (labels unused)",
-          ("pretrain",), ("pipeline_tasks.ssl.trainer",), _a("preprocessed"), _a("pretrain"),
-          proof=_a("pretrain/encoder.pt")),
+          ("pretrain",), _a("preprocessed"), _a("pretrain"),
+          proof=_a("pretrain/encoder.pt", f"pretrain/{LINEAGE}")),
     Stage("finetune", "finetune-classifier",
           "fine-tuning on the labeled subset, and the from-scratch baseline",
-          ("finetune", "pretrain.init"), ("pipeline_tasks.finetune.train",), _a("preprocessed", "pretrain"),
-          _a("finetune"), proof=_a(*(f"finetune/{f}" for f in ("classifier.pt", "baseline.pt",
-                                                               "init_baseline.pt", "summary.json",
-                                                               "labels.npz")))),
+          ("finetune", "pretrain.init"), _a("preprocessed", "pretrain"), _a("finetune"),
+          proof=_a(*(f"finetune/{f}" for f in ("classifier.pt", "baseline.pt", "init_baseline.pt",
+                                               "summary.json", "labels.npz", LINEAGE)))),
     Stage("pool", "learn-from-pool",
-          "semi-supervised learning on the unlabeled pool, from the fine-tuned classifier",
-          ("pool", "finetune.augment"), ("pipeline_tasks.finetune.pool",), _a("preprocessed", "finetune"),
-          _a("pool"),
-          proof=_a("pool/classifier.pt", "pool/summary.json")),
+          "semi-supervised learning on the unlabeled pool, from the fine-tuned classifier and from "
+          "the scratch baseline",
+          ("pool", "finetune.augment"), _a("preprocessed", "finetune"), _a("pool"),
+          proof=_a(*(f"pool/{f}" for f in ("classifier.pt", "baseline.pt", "summary.json", LINEAGE)))),
     Stage("evaluate", "evaluate-classifier",
           "scores on the held-out test split, against the baselines and the reference points",
-          ("evaluate",), ("pipeline_tasks.evaluation.evaluate",),
-          _a("preprocessed", "pretrain", "finetune", "pool"), (),
-          proof=_a("metrics.json", "plots/confusion_matrix.png", "plots/predictions.csv"),
+          ("evaluate",), _a("preprocessed", "pretrain", "finetune", "pool"), (),
+          proof=_a("metrics.json", "plots/confusion_matrix.png", "plots/predictions.csv", f"plots/{LINEAGE}"),
           metrics=_a("metrics.json"),
           plots=_a("plots/predictions.csv", *(f"plots/{name}.png" for name in (
-              "confusion_matrix", "per_class_accuracy", "baselines", "reliability", "worst_misclassified")))),
+              "confusion_matrix", "per_class_accuracy", "baselines", "reliability", "worst_misclassified"))),
+          home=f"{ARTIFACTS}/plots"),
     Stage("register", "register-model", "model registry: new version and the promotion gate's decision",
-          ("register",), ("flows.registry", "flows.pyfunc_model"),
-          _a("finetune", "pool", "preprocessed", "metrics.json"), (), untracked_outs=_a("registered.json")),
+          ("register",), _a("finetune", "pool", "preprocessed", "metrics.json"), (),
+          untracked_outs=_a("registered.json")),
 )
 BY_NAME = {s.name: s for s in STAGES}
 NAMES = tuple(BY_NAME)
+# Which stage writes each output: a stage's inputs by name.
+_WRITER = {out: s.name for s in STAGES for out in (*s.outs, *s.metrics)}
+
+
+def upstream(stage: str) -> tuple[str, ...]:
+    """The stages whose outputs ``stage`` reads, in the graph's order."""
+    found = {_WRITER[d] for d in BY_NAME[stage].deps if d in _WRITER}
+    return tuple(n for n in NAMES if n in found)
+
+
+def ancestors(stage: str) -> tuple[str, ...]:
+    """Every stage ``stage`` depends on, directly or through others, in the graph's order."""
+    found = set(upstream(stage))
+    for name in upstream(stage):
+        found.update(ancestors(name))
+    return tuple(n for n in NAMES if n in found)
 
 
 @cache
 def code_files(stage: str) -> tuple[str, ...]:
-    """The files a stage runs, relative to the project root: the import closure of its entry
-    modules and the shared runners, sorted."""
-    return tuple(codehash.closure([*BY_NAME[stage].code, *COMMON_CODE], PACKAGES, NOT_FOLLOWED, NOT_CODE))
+    """The files a stage runs, relative to the project root, sorted: the import closure of its
+    runner, without the modules that only record or orchestrate (``RECORDING``)."""
+    recording = frozenset(m for m in codehash.module_files(PACKAGES) if m.startswith(RECORDING))
+    return tuple(codehash.closure([BY_NAME[stage].runner], PACKAGES, excluded=recording))
 
 
 def code_digest(stage: str) -> str:
@@ -109,9 +139,10 @@ def render_dvc_yaml() -> str:
     """``dvc.yaml`` for ``STAGES``: every stage as ``pretrainflow stage NAME``, its code files and
     inputs as deps, its params, outputs, metrics and plots."""
     lines = [
-        "# Generated from flows/graph.py by `python -m flows.graph > dvc.yaml`; edit the graph, not this",
-        "# file (tests/unit/test_graph.py fails while they differ). `dvc repro` rebuilds every artifact",
-        "# from params.yaml; the same stages run as Prefect tasks in `pretrainflow run`.",
+        "# Generated from flows/orchestration/graph.py by `python -m flows.orchestration.graph > dvc.yaml`;",
+        "# edit the graph, not this file (tests/unit/test_graph.py fails while they differ).",
+        "# `dvc repro` rebuilds every artifact from params.yaml; the same stages run as Prefect tasks",
+        "# in `pretrainflow run`.",
         "# With an unlabeled pool (data.unlabeled_dir), add its folder to the validate stage's deps,",
         "# e.g. `- unlabeled`, so that `dvc repro` notices when the pool changes.",
         "stages:",

@@ -10,28 +10,37 @@ from typing import Any
 import mlflow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.artifacts import RunContext
-from flows.registry import RegisterRecord
-from flows.reports import headline, model_link, run_link, summary_markdown
+from flows.orchestration.reports import headline, model_link, run_link, summary_markdown
+from flows.registry.register import RegisterRecord
+from flows.stages.artifacts import RunContext
 from pipeline_tasks.config import PipelineConfig
+
+# Each lift by what it measures: the one thing the model has that its baseline lacks.
+LIFTS = {"pretraining_lift": "pretraining: against scratch + the same pool stage",
+         "pool_lift": "the pool stage: against the model before it",
+         "pipeline_lift": "the whole pipeline: against scratch on the labels alone",
+         "lift_over_init": "self-supervised pretraining: against the starting weights fine-tuned"}
+BASELINES = ("scratch_pool_test_accuracy", "pretrained_test_accuracy", "scratch_test_accuracy",
+             "init_test_accuracy", "pixels_test_accuracy", "encoder_test_accuracy")
+
+
+def lift_text(points: float, p_value: float, what: str) -> str:
+    """``+5.71 points (pretraining: against ...; McNemar p 2e-05)``."""
+    return f"{points:+.2f} points ({what}; McNemar p {p_value:.2g})"
 
 
 def model_rows(cfg: PipelineConfig, metrics: dict[str, Any]) -> dict[str, Any]:
-    """The answer first: this run's model against pixels, scratch and the model before the pool
-    stage, each lift with its McNemar p-value, and how far the frozen encoder beats pixels."""
+    """The answer first: this run's model against its baselines, then each lift named for the
+    one thing it adds, with its McNemar p-value, and how far the frozen encoder beats pixels."""
     pooled = cfg.pool.method != "none" and "pretrained_test_accuracy" in metrics
     mode = cfg.finetune.mode
     model = "scratch" if mode == "scratch" else f"{mode} fine-tune of the pretrained encoder"
     rows: dict[str, Any] = {"model": f"{model}{f' + pool ({cfg.pool.method})' if pooled else ''}",
                             "test_accuracy": metrics["test_accuracy"]}
-    for key in ("pretrained_test_accuracy", "scratch_test_accuracy", "init_test_accuracy",
-                "pixels_test_accuracy", "encoder_test_accuracy"):
-        if key in metrics:
-            rows[key] = metrics[key]
-    for lift in ("lift", "pool_lift", "lift_over_init"):
+    rows.update({key: metrics[key] for key in BASELINES if key in metrics})
+    for lift, what in LIFTS.items():
         if f"{lift}_points" in metrics:
-            points, p_value = metrics[f"{lift}_points"], metrics[f"{lift}_p_value"]
-            rows[f"{lift}_points"] = f"{points:+.2f} (McNemar p {p_value:.2g})"
+            rows[f"{lift}_points"] = lift_text(metrics[f"{lift}_points"], metrics[f"{lift}_p_value"], what)
     if "encoder_over_pixels_points" in metrics:
         rows["encoder_over_pixels_points"] = f"{metrics['encoder_over_pixels_points']:+.2f}"
     return rows
@@ -68,14 +77,14 @@ def publish(summary: dict[str, Any], links: dict[str, str], final: bool) -> None
 def first_screen(summary: dict[str, Any]) -> tuple[str, list[str]]:
     """What the first screen of each UI says once the aliases have moved: the MLflow parent run's
     description (the headline and the gate's reason, in markdown) and the Prefect flow run's
-    tags (``test_accuracy 0.9610``, ``lift +27.62``, ``champion v2`` or ``not promoted v2``),
-    so neither needs a click to answer "did pretraining help, and why is this the champion"."""
+    tags (``test_accuracy 0.9610``, ``pretraining lift +5.71``, ``champion v2`` or ``not promoted
+    v2``), so neither needs a click to answer "did pretraining help, and why is this the champion"."""
     text = f"{headline(summary)}\n\n**Promotion gate:** {summary['gate']}"
     version = f"v{summary['model_version']}"
     tags = [f"test_accuracy {summary['test_accuracy']:.4f}",
             "champion " + version if "champion" in summary["aliases"] else "not promoted " + version]
-    if "lift_points" in summary:
-        tags.insert(1, f"lift {str(summary['lift_points']).split(' ')[0]}")
+    if "pretraining_lift_points" in summary:
+        tags.insert(1, f"pretraining lift {str(summary['pretraining_lift_points']).split(' ')[0]}")
     return text, tags
 
 

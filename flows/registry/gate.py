@@ -3,9 +3,10 @@
 A challenger takes ``champion`` only when all of these hold:
 
 1. the run is not a DVC experiment (``dvc exp run`` explores; it never promotes);
-2. it beat its own from-scratch baseline beyond noise: ``lift_points > 0`` and McNemar's test
-   on the same test images below ``register.significance`` (``register.require_lift: false``
-   lifts this);
+2. pretraining paid off beyond noise: the pretraining lift (this model against the same
+   network from scratch, through the same pool stage, on the same labels and steps) is above 0
+   and McNemar's test on the same test images below ``register.significance``
+   (``register.require_lift: false`` lifts this);
 3. it solves the same task as the champion (the same class names);
 4. the champion was re-scored on the challenger's test images, leaving out every image the
    champion trained, pretrained or was selected on (how many is said), and
@@ -13,8 +14,7 @@ A challenger takes ``champion`` only when all of these hold:
    ``register.min_improvement`` (a practical margin) and beyond noise: the paired test's
    p-value below ``register.significance`` (McNemar for accuracy, a paired bootstrap for F1).
 
-Trust issue: the old gate promoted noise (``lift_points > 0``, a margin of 0, while one seed
-moves the default run by 3-5 points) and compared the champion on images it had trained on.
+A margin of 0 without a test would promote noise: one seed moves the default run by 3-5 points.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class Challenger:
     version: str
     classes: tuple[str, ...]
     score: float  # register.metric on its whole test split
-    lift_points: float | None = None  # against its scratch baseline; None: no baseline
+    lift_points: float | None = None  # pretraining's lift over its like-for-like scratch baseline
     lift_p_value: float | None = None  # McNemar, one-sided, on the same test images
 
 
@@ -57,10 +57,10 @@ def _lift_refusal(c: Challenger, significance: float) -> str | None:
         return ("no scratch baseline to compare with: set finetune.baseline: true (or "
                 "register.require_lift: false)")
     if c.lift_points <= 0:
-        return (f"did not beat its own scratch baseline (lift {c.lift_points:+.2f} points): pretraining did "
-                "not pay off on this run")
+        return (f"did not beat the same network from scratch (pretraining lift {c.lift_points:+.2f} points): "
+                "pretraining did not pay off on this run")
     if c.lift_p_value is not None and c.lift_p_value >= significance:
-        return (f"its lift over scratch ({c.lift_points:+.2f} points) is within noise: McNemar p = "
+        return (f"its pretraining lift ({c.lift_points:+.2f} points) is within noise: McNemar p = "
                 f"{c.lift_p_value:.3g}, not below register.significance {significance}")
     return None
 

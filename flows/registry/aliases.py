@@ -81,7 +81,7 @@ def move_aliases(client: mlflow.MlflowClient, model: str, version: str, promote:
     with alias_lock(client, model, holder):
         now = champion_version(client, model)
         refused = None
-        if promote and now != expected_champion:
+        if promote and now not in (expected_champion, version):  # this version: a retried move
             refused = (f"the champion changed from {expected_champion or 'none'} to version {now} since this "
                        "version was compared: not promoted (rerun registration to compare with the new one)")
         aliases = ("challenger", "champion") if promote and refused is None else ("challenger",)

@@ -1,0 +1,1 @@
+"""Where runs and data versions are recorded: MLflow runs and their tags, DVC, and the project root both resolve against."""
