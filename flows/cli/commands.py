@@ -15,7 +15,6 @@ from flows.tracking.dvc import (
     DvcError,
     commit_stage_outputs,
     in_dvc_repo,
-    record_data_version,
     tracks,
     untracked_pool_warning,
 )
@@ -166,13 +165,10 @@ def cmd_data(args: argparse.Namespace) -> int:
         written.append(pool_dir)
         print(f"wrote {pool} unlabeled images to {pool_dir}/; pretrain on them with "
               f"`--set data.unlabeled_dir={pool_dir}` (or data.unlabeled_dir in params.yaml)")
-    for folder in written:
-        if tracks(folder):
-            try:
-                record_data_version(folder)
-                print(f"DVC: recorded {folder} in {folder}.dvc")
-            except DvcError as exc:
-                raise UserError(f"{exc}; the images are in {folder}, run `dvc add {folder}` by hand") from exc
+    tracked = [folder for folder in written if tracks(folder)]
+    if tracked:  # the gate comes first: `run` records them with dvc add once they pass it
+        print(f"DVC: {', '.join(tracked)} not recorded yet: `pretrainflow run` validates the images and then "
+              f"records them with `dvc add` ({', '.join(f'{f}.dvc' for f in tracked)})")
     return 0
 
 

@@ -1,1 +1,3 @@
-"""The stages as tracked steps: one runner per stage, what they read and write under `artifacts/`, and the lineage that keeps a run's outputs together."""
+"""The stages as tracked steps: one runner per stage, what they read and write under `artifacts/`,
+and the lineage that keeps a run's outputs together.
+"""

@@ -35,18 +35,10 @@ def tracks(folder: str | Path) -> bool:
 
 def record_data_version(data_dir: str | Path) -> None:
     """``dvc add`` the data folder: FOLDER.dvc then names the exact version a run used, and
-    ``dvc checkout`` can bring it back. A new version is then linked back from the cache
-    (``dvc checkout --relink``) by the project's link types (``.dvc/config``: reflink, else
-    hardlink, else copy), so the folder and the cache hold one copy of each image, not two:
-    ``dvc add`` alone copies into the cache and leaves the folder's files as they are. An
-    unchanged version is not relinked (a relink gives every file a new inode or ctime, and the
-    manifest would hash them all again). Hardlinked files are read-only: the README's DVC
-    section says how to edit one."""
-    dvc_file = Path(f"{Path(data_dir)}.dvc")
-    before = dvc_file.read_bytes() if dvc_file.is_file() else b""
+    ``dvc checkout`` can bring it back. The cache holds its own copy of each image (or a reflink
+    where the file system has them; ``.dvc/config``), so an image edited in place in the folder
+    never changes the recorded version."""
     dvc("add", "--quiet", str(data_dir))
-    if dvc_file.read_bytes() != before:
-        dvc("checkout", "--relink", "--quiet", str(dvc_file))
 
 
 def commit_stage_outputs() -> None:

@@ -62,15 +62,22 @@ def test_summary_and_outputs(first: dict[str, Any], workspace: Path) -> None:
     splits = json.loads((workspace / "artifacts" / "preprocessed" / "splits.json").read_text())
     assert first["pretrain_images"] == splits["n_train"] and first["test_images"] == splits["n_test"]
     metrics = json.loads((workspace / "artifacts" / "metrics.json").read_text())
-    lift = round((metrics["test_accuracy"] - metrics["scratch_test_accuracy"]) * 100, 2)
-    assert metrics["lift_points"] == lift
-    assert first["lift_points"].startswith(f"{metrics['lift_points']:+.2f} (McNemar p ")
-    for key in ("test_accuracy", "scratch_test_accuracy", "pretrained_test_accuracy", "pixels_test_accuracy",
-                "encoder_test_accuracy", "labels_used"):
+    # three lifts, each against the baseline that lacks one thing: pretraining (scratch through the
+    # same pool stage), the pool stage (the model before it), the whole pipeline (labels alone)
+    for lift, baseline in (("pretraining_lift", "scratch_pool"), ("pool_lift", "pretrained"),
+                           ("pipeline_lift", "scratch")):
+        points = round((metrics["test_accuracy"] - metrics[f"{baseline}_test_accuracy"]) * 100, 2)
+        assert metrics[f"{lift}_points"] == points, lift
+        assert 0 <= metrics[f"{lift}_p_value"] <= 1
+        assert first[f"{lift}_points"].startswith(f"{points:+.2f} points (")
+        assert f"McNemar p {metrics[f'{lift}_p_value']:.2g})" in first[f"{lift}_points"]
+    assert "lift_points" not in metrics  # no lift without saying against what
+    for key in ("test_accuracy", "scratch_test_accuracy", "scratch_pool_test_accuracy",
+                "pretrained_test_accuracy", "pixels_test_accuracy", "encoder_test_accuracy", "labels_used"):
         assert metrics[key] == first[key], key
     assert first["model"] == "full fine-tune of the pretrained encoder + pool (fixmatch)"
     for rel in ["validation/report.json", "preprocessed/train_images.npy", "pretrain/encoder.pt",
-                "finetune/classifier.pt", "finetune/baseline.pt", "pool/classifier.pt",
+                "finetune/classifier.pt", "finetune/baseline.pt", "pool/classifier.pt", "pool/baseline.pt",
                 "plots/confusion_matrix.png", "registered.json"]:
         assert (workspace / "artifacts" / rel).is_file(), rel
     registered = json.loads((workspace / "artifacts" / "registered.json").read_text())
@@ -94,7 +101,7 @@ def test_prefect_shows_the_validation_summary(first: dict[str, Any]) -> None:
     with get_client(sync_client=True) as client:  # the run's first screen: its tags
         tags = client.read_flow_run(results.flow_run_id).tags
     assert {f"test_accuracy {first['test_accuracy']:.4f}", f"champion v{first['model_version']}"} <= set(tags)
-    assert any(t.startswith("data:") for t in tags) and any(t.startswith("lift ") for t in tags)
+    assert any(t.startswith("data:") for t in tags) and any(t.startswith("pretraining lift ") for t in tags)
 
 
 def test_mlflow_parent_run_with_a_nested_run_per_stage(first: dict[str, Any]) -> None:
@@ -356,5 +363,5 @@ def test_the_encoder_is_registered_and_reused_as_a_starting_point(first: dict[st
     # fine-tuned from the starting weights directly: a second baseline beside scratch
     assert summary["init_test_accuracy"] > 0.4  # the second baseline learned too (chance 0.1)
     lift = round((summary["test_accuracy"] - summary["init_test_accuracy"]) * 100, 2)
-    assert summary["lift_over_init_points"].startswith(f"{lift:+.2f} (McNemar p ")
+    assert summary["lift_over_init_points"].startswith(f"{lift:+.2f} points (")
     assert (workspace / "artifacts" / "finetune" / "init_baseline.pt").is_file()

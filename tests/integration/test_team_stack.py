@@ -385,7 +385,7 @@ def _check_run(stack: Stack, client: Any, parent: Any, md5: str) -> Any:
     version, the model's files in S3, and its flow run COMPLETED in Prefect."""
     tags, run_id, exp = parent.data.tags, parent.info.run_id, parent.info.experiment_id
     assert parent.info.status == "FINISHED" and tags["data_dvc_md5"] == md5
-    assert {"test_accuracy", "lift_points", "pipeline_seconds"} <= parent.data.metrics.keys()
+    assert {"test_accuracy", "pretraining_lift_points", "pipeline_seconds"} <= parent.data.metrics.keys()
     stages = client.search_runs([exp], f"tags.mlflow.parentRunId = '{run_id}'")
     assert sorted(s.data.tags["pretrainflow.stage"] for s in stages) == sorted(graph.NAMES)
     assert all(s.info.status == "FINISHED" for s in stages)
