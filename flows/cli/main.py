@@ -21,6 +21,10 @@ from pipeline_tasks.recipes import PRESETS, with_preset
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline_tasks")
+# Prefect's temporary API (no PREFECT_API_URL) gets 20 s to answer by default; on a busy 2-core
+# machine it needed more, and the run failed before its first stage. 120 s costs nothing when it
+# is quick.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def _params_arg(p: argparse.ArgumentParser) -> None:

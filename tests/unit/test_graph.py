@@ -103,3 +103,35 @@ def test_multigpu_script_runs_the_graphs_order() -> None:
     commands = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("#"))
     order = [m.group(1) for m in re.finditer(r"pretrainflow stage (\w+)", commands)]
     assert list(dict.fromkeys(order)) == list(graph.NAMES)
+
+
+def test_the_cache_key_reads_the_starting_weights_content() -> None:
+    """``pretrain.init: models:/pretrainflow-encoder/latest`` names another file once a new
+    encoder is registered: the stages that read it (pretrain, finetune) key on the file's
+    sha256, the others do not."""
+    from flows.orchestration.pipeline import cache_key
+
+    cfg = load_config(PARAMS, ["pretrain.init=models:/pretrainflow-encoder/latest"])
+    for stage in ("pretrain", "finetune"):
+        assert cache_key(stage, cfg, "a" * 64) != cache_key(stage, cfg, "b" * 64), stage
+    for stage in ("preprocess", "pool", "evaluate"):
+        assert cache_key(stage, cfg, "a" * 64) == cache_key(stage, cfg, "b" * 64), stage
+
+
+@pytest.mark.parametrize(("argv", "recorded"), [
+    ([], True), (["--data-dir", "elsewhere"], False), (["--set", "finetune.lr=0.5"], False),
+    (["--preset", "objects"], False), (["--params", "other.yaml"], False)])
+def test_only_a_run_of_params_yaml_as_is_records_dvc_lock(argv: list[str], recorded: bool,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """dvc.lock says which data and params made the outputs: a run of other data (--data-dir),
+    params or a preset must not record its outputs there."""
+    from flows.cli.commands import _as_dvc_repro_runs, _config
+    from flows.cli.main import _expand
+
+    monkeypatch.chdir(REPO)
+    args = build_parser().parse_args(["run", *argv])
+    _expand(args)
+    cfg = load_config(PARAMS, [*args.overrides, *([f"data.dir={args.data_dir}"] if args.data_dir else [])])
+    if args.params == "params.yaml":
+        assert cfg == _config(args, args.data_dir)
+    assert _as_dvc_repro_runs(args, cfg) is recorded

@@ -209,3 +209,51 @@ def test_a_dvc_experiment_leaves_champion_alone(store: mlflow.MlflowClient, cfg:
     record = apply_decision(register(classifier(tmp_path, 2, pre.classes), cfg, paths,
                                      split_test_rows(paths)["label"].to_numpy()))
     assert aliases(store) == {"champion": "1", "challenger": "2"} and "quick-fox" in record.reason
+
+
+def test_a_retried_registration_registers_one_version_and_finishes_it(
+        store: mlflow.MlflowClient, cfg: PipelineConfig, paths: ArtifactPaths, pre: PreprocessRecord,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prefect retries the registry tasks: a registration that failed after its version was
+    created, then an alias move that failed after the aliases moved, each run again, leave one
+    version, decided on and promoted, as a run without failures would."""
+    import flows.registry.register as registry
+
+    model, real_tag = classifier(tmp_path, 1, pre.classes), registry._tag_version
+    calls = {"n": 0}
+
+    def fails_once(*args: Any, **kwargs: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise mlflow.exceptions.MlflowException("the tracking server blinked")
+        real_tag(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "_tag_version", fails_once)
+    with mlflow.start_run() as run:  # one flow run: the retry has the same run id
+        with pytest.raises(mlflow.exceptions.MlflowException):
+            registry.register_model(model, _metrics(paths, model), _split(paths), cfg, run.info.run_id,
+                                    "md5", paths)
+        record = registry.register_model(model, _metrics(paths, model), _split(paths), cfg, run.info.run_id,
+                                         "md5", paths)
+    assert record.new_version and record.version == "1" and record.promote
+    assert len(store.search_model_versions(f"name = '{NAME}'")) == 1
+    assert store.get_model_version(NAME, "1").tags["test_split_sha256"]  # tagged on the retry
+    moved = apply_decision(record)
+    again = apply_decision(record)  # the alias move retried after it had moved them
+    assert moved.aliases == again.aliases == ("challenger", "champion") and again.promote
+    assert "champion changed" not in again.reason and aliases(store) == {"champion": "1", "challenger": "1"}
+
+
+def _metrics(paths: ArtifactPaths, model: Path) -> dict[str, Any]:
+    rows = split_test_rows(paths)
+    predicted = predicted_by(model, paths)
+    paths.plots.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"sha256": rows["sha256"], "actual": rows["label"], "predicted": predicted}).to_csv(
+        paths.plots / "predictions.csv", index=False)
+    accuracy = float((predicted == rows["label"].to_numpy()).mean())
+    return {"test_accuracy": accuracy, "test_macro_f1": accuracy, "test_images": len(rows), "labels_used": 50,
+            "pretraining_lift_points": 5.0, "pretraining_lift_p_value": 0.001}
+
+
+def _split(paths: ArtifactPaths) -> dict[str, Any]:
+    return dict(json.loads((paths.preprocessed / "splits.json").read_text()))
