@@ -155,6 +155,8 @@ def _wrap(fabric: Fabric, method: SSLMethod, cfg: PretrainConfig, budget: Budget
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if fabric.world_size > 1:
         method.gather, method.rank = distributed.gatherer(fabric), fabric.global_rank
+        if fabric.device.type == "cuda":  # batch statistics of the global batch, as SimCLR's global BN
+            nn.SyncBatchNorm.convert_sync_batchnorm(method)  # (PyTorch syncs them on GPUs only)
     optimizer = build_optimizer(method, cfg, budget.batch)
     model: nn.Module = method
     if cfg.compile and fabric.device.type == "cuda":

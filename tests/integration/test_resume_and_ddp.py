@@ -4,6 +4,7 @@ like one process with the same global batch."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -97,8 +98,13 @@ def test_torchrun_two_processes_match_one(pre: PreprocessRecord, tiny_cfg: Pipel
                          env=_env(), capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
     assert "batch 32 over 2 rank(s)" in ddp.stdout and "batch 32 over 1 rank(s)" in one.stdout
-    first_ddp, first_one = _record(ddp.stdout)["first"], _record(one.stdout)["first"]
-    assert abs(first_ddp - first_one) / first_one < 0.05, (first_ddp, first_one)
+    # Each embedding met the 2 * 32 - 1 others of the global batch: NT-Xent of a fresh network is
+    # about log(63) = 4.14 in both runs (measured 4.08 and 4.12); negatives from its own rank only
+    # gave 3.35 (log(31) = 3.43). The two runs are not expected to agree further: on CPUs each
+    # rank normalises its own half batch and draws its own views (SyncBatchNorm needs GPUs); that
+    # the loss over ranks is one process's loss, to float precision, is tests/unit/test_losses.py's.
+    for run in (ddp, one):
+        assert abs(_record(run.stdout)["first"] - math.log(63)) < 0.15, _record(run.stdout)
     assert not list((tmp_path / "ddp-ckpt").glob("*"))  # nothing left: a finished run retires its checkpoint
     assert (tmp_path / "ddp" / "encoder.pt").is_file()
 
