@@ -50,8 +50,8 @@ def fingerprint(cfg: PretrainConfig, data_digest: str, init: str | Path | None,
     """sha256 of the settings that change the result, the training code, the images' content
     digest, the starting weights' bytes (``init``: a local file, a ``torchvision:`` name already
     resolved to torch.hub's file) and what the run resolved from them (``resolved``: the
-    encoder's spec, with ``small_stem: auto`` decided and the input normalisation, and the
-    views' size)."""
+    encoder's spec, with ``small_stem: auto`` decided and the input normalisation, the views'
+    size and the world size: each rank's augmentation stream is saved per rank)."""
     settings = {k: v for k, v in cfg.model_dump().items() if k not in NOT_IN_FINGERPRINT}
     blob = json.dumps({"settings": settings, "code": codehash.code_digest(*TRAINING_CODE),
                        "data": data_digest, "init": file_digest(init) if init else None,
@@ -80,8 +80,8 @@ def _peek(path: Path, expected: str) -> tuple[dict[str, Any] | None, str]:
     except Exception as exc:  # noqa: BLE001 - a damaged file is a fresh start, said so
         return None, f"{path} does not load ({type(exc).__name__}: {exc}); starting fresh"
     if state.get("fingerprint") != expected:
-        return None, (f"{path} is from other settings, code, images or starting weights; starting fresh "
-                      "(it is replaced at the first checkpoint)")
+        return None, (f"{path} is from other settings, code, images, starting weights or another number of "
+                      "processes (world size); starting fresh (it is replaced at the first checkpoint)")
     return state, f"resuming from {path}: epoch {state['epoch'] + 1}, step {state['step']}"
 
 

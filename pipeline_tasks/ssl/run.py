@@ -186,7 +186,8 @@ def build_run(fabric: Fabric, preprocessed_dir: Path, cfg: PretrainConfig, check
     run = Run(cfg, fabric, method, model, optimizer, scheduler, source, (views[0], views[1]), augment_rng,
               torch.Generator().manual_seed(cfg.seed), budget, checkpoint_dir,
               checkpoint.fingerprint(cfg, data_digest, None if init is None else init.path,
-                                     {"spec": encoder.spec.to_dict(), "image_size": size}))
+                                     {"spec": encoder.spec.to_dict(), "image_size": size,
+                                      "world_size": fabric.world_size}))
     if fabric.is_global_zero:
         log.info("pretraining %s on %d images: %d from the unlabeled pool + %d labeled training images "
                  "(labels unused); batch %d over %d rank(s), %d steps an epoch, %d px views of %d px "

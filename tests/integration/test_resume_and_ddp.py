@@ -205,3 +205,28 @@ def test_killing_one_rank_ends_the_other_promptly(pre: PreprocessRecord, tiny_cf
     out, _ = proc.communicate(timeout=120)
     assert time.monotonic() - killed < 60 and proc.returncode != 0
     assert "rank" in out and ("SIGKILL" in out or "Signal 9" in out), out[-2000:]
+
+
+def test_a_checkpoint_of_one_process_is_not_resumed_by_two(pre: PreprocessRecord, tiny_cfg: PipelineConfig,
+                                                          tmp_path: Path) -> None:
+    """Each rank's augmentation stream is saved per rank: a checkpoint written by one process
+    cannot be continued by two (it failed with an IndexError); torchrun starts afresh and says why."""
+    cfg = tiny_cfg.pretrain.model_copy(update={"epochs": 30, "knn_every_epochs": 0,
+                                               "checkpoint_every_steps": 1, "batch_size": 32})
+    ckpt, script = tmp_path / "ckpt", tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    args = [str(script), cfg.model_dump_json(), pre.out_dir, str(tmp_path / "out"), str(ckpt)]
+    proc = subprocess.Popen([sys.executable, *args], env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (ckpt / LAST).exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *args],
+                         env=_env(), capture_output=True, text=True, timeout=600)
+    assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
+    assert "another number of processes (world size); starting fresh" in ddp.stdout
+    assert _record(ddp.stdout)["resumed"] is None and (tmp_path / "out" / "encoder.pt").is_file()
