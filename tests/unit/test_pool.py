@@ -98,7 +98,10 @@ def test_labeled_per_class_keeps_n_labels_and_pools_the_rest(tmp_path: Path) -> 
     kept = {int(np.asarray(Image.open(p))[0, 0]) for p in (tmp_path / "data").rglob("*.png")}
     pooled_values = {int(np.asarray(Image.open(p))[0, 0]) for p in pooled}
     assert not kept & pooled_values and len(kept | pooled_values) == 30
-    assert labeled_mask(labels, 4).tolist() == labeled_mask(labels, 4).tolist()  # seeded
+    mask = labeled_mask(labels, 4)  # seeded: the same call keeps the same labels, another seed others
+    assert np.bincount(labels[mask]).tolist() == [4, 4, 4]
+    assert mask.tolist() == labeled_mask(labels, 4).tolist()
+    assert mask.tolist() != labeled_mask(labels, 4, seed=1).tolist()
     with pytest.raises(DatasetError, match="already exists"):
         write_labeled_and_pool(images, labels, tmp_path / "new", labeled_per_class=4,
                                pool_out=tmp_path / "unlabeled")
