@@ -1,15 +1,18 @@
 """Is model A better than model B beyond noise, on the same test images?
 
-Two paired tests, one-sided (A better than B):
+Two paired tests, one-sided (A better than B), both from scipy:
 
 - accuracy: McNemar's exact test (McNemar 1947; Dietterich 1998, "Approximate statistical tests
   for comparing supervised classification learning algorithms"): of the images exactly one of
-  the two models gets right, A's share against a fair coin (scipy's ``binomtest``).
-- any other metric (macro F1): a paired bootstrap (Efron & Tibshirani 1993; Koehn 2004): the
-  share of resamples of the test images, the same for both models, where A does not beat B.
+  the two models gets right, A's share against a fair coin, ``scipy.stats.binomtest`` with
+  ``alternative="greater"``. (statsmodels' ``mcnemar(exact=True)`` is the same binomial test,
+  two-sided: where A is ahead, its p-value is twice this one, which the tests check.)
+- any other metric (macro F1): a paired bootstrap (Efron & Tibshirani 1993; Koehn 2004),
+  ``scipy.stats.bootstrap`` with ``paired=True`` resampling the test images, the same draw for
+  both models: the p-value is the share of resamples where A does not beat B.
 
-Ours because they are a few lines over scipy; statsmodels, which has McNemar, is not a
-dependency, and nothing ships a paired bootstrap for a classification metric.
+Ours is only the vectorised macro F1 (``macro_f1_rows``), so that 2,000 resamples of 10,000
+images take a fraction of a second.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binomtest
+from scipy.stats import binomtest, bootstrap
 
 BOOTSTRAP_SAMPLES = 2000
 
@@ -51,29 +54,27 @@ def mcnemar(a_correct: np.ndarray, b_correct: np.ndarray) -> PairedTest:
                       float(b.mean()) if len(b) else float("nan"), float(p), "McNemar", a_only, b_only)
 
 
-def weighted_macro_f1(weights: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
-                      n_classes: int) -> np.ndarray:
-    """Macro F1 under each row of ``weights`` ``[B, N]`` (how often each image is drawn): ``[B]``.
-    With one row of ones it is scikit-learn's ``f1_score(average="macro")`` over ``n_classes``
-    (a class neither present nor predicted scores 0); vectorised so that 2,000 resamples of
-    10,000 images take a fraction of a second."""
+def macro_f1_rows(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Macro F1 of each row of ``y_true``, ``y_pred`` int ``[..., N]``: ``[...]``. Each row is
+    scikit-learn's ``f1_score(average="macro", labels=range(n_classes))`` (a class neither
+    present nor predicted scores 0), computed for every row at once."""
     classes = np.arange(n_classes)
-    truth, pred = y_true[:, None] == classes, y_pred[:, None] == classes  # [N, K]
-    tp = weights @ (truth & pred)
-    denominator = weights @ truth + weights @ pred  # 2 tp + fp + fn
+    truth, pred = y_true[..., None] == classes, y_pred[..., None] == classes  # [..., N, K]
+    tp = (truth & pred).sum(-2)
+    denominator = truth.sum(-2) + pred.sum(-2)  # 2 tp + fp + fn
     f1 = np.divide(2 * tp, denominator, out=np.zeros(tp.shape), where=denominator > 0)
-    return np.asarray(f1.mean(1))
+    return np.asarray(f1.mean(-1))
 
 
 def paired_bootstrap(y_true: np.ndarray, a_pred: np.ndarray, b_pred: np.ndarray, n_classes: int,
                      samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> PairedTest:
-    """p-value of "A has a higher macro F1 than B": the share of bootstrap resamples of the test
-    images (drawn with replacement, the same draw for A and B) where A's is not higher."""
-    n = len(y_true)
-    draws = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=samples).astype(np.float64)
-    ones = np.ones((1, n))
-    a = weighted_macro_f1(draws, y_true, a_pred, n_classes)
-    b = weighted_macro_f1(draws, y_true, b_pred, n_classes)
-    score_a = float(weighted_macro_f1(ones, y_true, a_pred, n_classes)[0])
-    score_b = float(weighted_macro_f1(ones, y_true, b_pred, n_classes)[0])
-    return PairedTest(n, score_a, score_b, float((np.sum(a <= b) + 1) / (samples + 1)), "paired bootstrap")
+    """p-value of "A has a higher macro F1 than B": ``(1 + resamples where A's is not higher) /
+    (1 + samples)`` over scipy's paired resamples of the test images (seeded)."""
+    def difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+        return macro_f1_rows(y, a, n_classes) - macro_f1_rows(y, b, n_classes)
+
+    found = bootstrap((y_true, a_pred, b_pred), difference, paired=True, vectorized=True,
+                      n_resamples=samples, batch=200, method="percentile", rng=np.random.default_rng(seed))
+    score_a, score_b = (float(macro_f1_rows(y_true, p, n_classes)) for p in (a_pred, b_pred))
+    worse = int(np.sum(found.bootstrap_distribution <= 0))
+    return PairedTest(len(y_true), score_a, score_b, (worse + 1) / (samples + 1), "paired bootstrap")

@@ -8,7 +8,7 @@ import pytest
 
 from flows.registry.gate import Challenger, Comparison, decide
 from pipeline_tasks.data.splits import split_fingerprint
-from pipeline_tasks.evaluation.compare import mcnemar, paired_bootstrap, weighted_macro_f1
+from pipeline_tasks.evaluation.compare import macro_f1_rows, mcnemar, paired_bootstrap
 from pipeline_tasks.evaluation.metrics import macro_f1
 
 CLASSES = ("0", "1", "2")
@@ -95,7 +95,34 @@ def test_the_paired_bootstrap_separates_noise_from_a_real_difference() -> None:
     assert paired_bootstrap(y, close, champion, 3).p_value > 0.05
     assert paired_bootstrap(y, better, champion, 3).p_value < 0.01
     for pred in (close, better, champion):  # the vectorised F1 is scikit-learn's
-        assert weighted_macro_f1(np.ones((1, 600)), y, pred, 4)[0] == pytest.approx(macro_f1(y, pred, 4))
+        assert macro_f1_rows(y, pred, 4) == pytest.approx(macro_f1(y, pred, 4))
+    rows = np.stack([y, close, better])
+    assert macro_f1_rows(rows, np.stack([champion] * 3), 3) == pytest.approx(
+        [macro_f1(truth, champion, 3) for truth in rows])
+
+
+# The figures of the gate's tests before they came from statsmodels' and scipy's resampling, on
+# one seeded example: McNemar's counts and p-values, the hand-written bootstrap's p-values.
+RNG_EXAMPLE = {"mcnemar": [(85, 56, 0.009028072526350477), (56, 85, 0.9943715294785205)],
+               "bootstrap": [0.0034982508745627187, 0.9970014992503748]}
+
+
+def test_the_paired_tests_agree_with_the_previous_figures_and_statsmodels() -> None:
+    from statsmodels.stats.contingency_tables import mcnemar as statsmodels_mcnemar
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 500)
+    a = np.where(rng.random(500) < 0.8, y, rng.integers(0, 5, 500))
+    b = np.where(rng.random(500) < 0.75, y, rng.integers(0, 5, 500))
+    for (first, second), (a_only, b_only, p) in zip(((a, b), (b, a)), RNG_EXAMPLE["mcnemar"], strict=True):
+        found = mcnemar(first == y, second == y)
+        assert (found.a_only, found.b_only) == (a_only, b_only)
+        assert found.p_value == pytest.approx(p, rel=1e-9)
+    both = [[int(((a == y) & (b == y)).sum()), 85], [56, int(((a != y) & (b != y)).sum())]]
+    assert statsmodels_mcnemar(both, exact=True).pvalue == pytest.approx(2 * RNG_EXAMPLE["mcnemar"][0][2])
+    for (first, second), before in zip(((a, b), (b, a)), RNG_EXAMPLE["bootstrap"], strict=True):
+        now = paired_bootstrap(y, first, second, 5).p_value  # other resamples: within 3 standard errors
+        assert abs(now - before) < 3 * np.sqrt(max(before * (1 - before), 1e-3) / 2000), (now, before)
 
 
 def test_a_relabelled_test_split_is_another_split() -> None:
