@@ -9,7 +9,6 @@ sha256 of the upstream outputs (and, through validate, the data digest): changin
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -53,6 +52,7 @@ from flows.tracking.runs import JOB_TAG, fail_runs_of, lineage_tags, setup_track
 from pipeline_tasks.config import PipelineConfig, load_config
 from pipeline_tasks.data.errors import DataError
 from pipeline_tasks.data.validate import ValidationRecord
+from pipeline_tasks.hashing import file_sha256
 
 # cfg and ctx are excluded from the key: cfg enters through `key` (only the params the stage
 # reads) and ctx holds the MLflow parent run id, which is new every run.
@@ -69,17 +69,9 @@ class StageResult:
     mlflow_run_id: str | None = None  # the flow's MLflow run that computed it (a cache hit's is older)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _intact(result: StageResult) -> bool:
     """A cached result is usable only while its files are on disk, byte for byte."""
-    return all(Path(p).is_file() and _sha256(Path(p)) == digest for p, digest in result.outputs)
+    return all(Path(p).is_file() and file_sha256(Path(p)) == digest for p, digest in result.outputs)
 
 
 @task(name=graph.BY_NAME["validate"].task)
@@ -103,7 +95,7 @@ def stage_task(stage: str, key: str, upstream: tuple[Any, ...], cfg: PipelineCon
     """Deterministic compute: cached, never retried (a retry would compute the same failure)."""
     record = run_stage(stage, cfg, paths, ctx)
     files = [paths.root / Path(f).relative_to(graph.ARTIFACTS) for f in graph.BY_NAME[stage].proof]
-    return StageResult(stage, record, tuple((str(f), _sha256(f)) for f in files if f.is_file()),
+    return StageResult(stage, record, tuple((str(f), file_sha256(f)) for f in files if f.is_file()),
                        ctx.parent_run_id)
 
 

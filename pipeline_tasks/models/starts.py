@@ -22,12 +22,12 @@ looked and the switch to pass. Each resolution says what the file is, its sha256
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline_tasks.hashing import file_sha256
 from pipeline_tasks.models import lite0
 from pipeline_tasks.models.hub import Cached, cached
 from pipeline_tasks.recipes import HF_HUB, PACKAGED, REGISTRY, init_misfit, timm_name, torchvision_init
@@ -61,14 +61,9 @@ class ResolvedWeights:
         return f"{self.source}; licence: {self.licence}; sha256 {self.sha256}"
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _resolved(init: str, path: Path, source: str, licence: str,
               pretrained_cfg: dict[str, Any] | None = None) -> ResolvedWeights:
-    return ResolvedWeights(init, path, _sha256(path), licence, source, dict(pretrained_cfg or {}))
+    return ResolvedWeights(init, path, file_sha256(path), licence, source, dict(pretrained_cfg or {}))
 
 
 def _registered(init: str, registry: Registry | None) -> ResolvedWeights:

@@ -24,6 +24,7 @@ from lightning_fabric import Fabric
 
 from pipeline_tasks import codehash
 from pipeline_tasks.config import PretrainConfig
+from pipeline_tasks.hashing import file_sha256
 
 LAST = "last.pt"
 # Settings that do not change what a run computes: a checkpoint stays valid when they change.
@@ -37,14 +38,6 @@ class ResumeError(RuntimeError):
     """The ranks of a torchrun job do not see the same checkpoint."""
 
 
-def file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fingerprint(cfg: PretrainConfig, data_digest: str, init: str | Path | None,
                 resolved: dict[str, Any] | None = None) -> str:
     """sha256 of the settings that change the result, the training code, the images' content
@@ -54,7 +47,7 @@ def fingerprint(cfg: PretrainConfig, data_digest: str, init: str | Path | None,
     size and the world size: each rank's augmentation stream is saved per rank)."""
     settings = {k: v for k, v in cfg.model_dump().items() if k not in NOT_IN_FINGERPRINT}
     blob = json.dumps({"settings": settings, "code": codehash.code_digest(*TRAINING_CODE),
-                       "data": data_digest, "init": file_digest(init) if init else None,
+                       "data": data_digest, "init": file_sha256(init) if init else None,
                        "resolved": resolved}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
