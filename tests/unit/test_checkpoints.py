@@ -75,7 +75,7 @@ def test_new_pixels_with_the_same_count_retrain_from_scratch(setup: tuple[Path, 
     images.flush()
     with caplog.at_level(logging.WARNING):
         rec = _run(pre, cfg, tmp_path)
-    assert "from other settings, code, images or starting weights" in caplog.text
+    assert "from other settings, code, images, starting weights or another number of processes" in caplog.text
     assert rec.steps_trained == rec.total_steps == 6 and rec.resumed_at_epoch is None
     assert any(not torch.equal(v, _weights(reference)[k]) for k, v in _weights(rec).items())
 
