@@ -24,8 +24,9 @@ _FIXES = {
     "format": "convert these files to an allowed format or extend validate.allowed_formats",
     "width": "these images are too small: remove them or lower validate.min_width",
     "height": "these images are too small: remove them or lower validate.min_height",
-    "label_conflict": "the same picture (an exact or near copy: resized, re-encoded, rotated) is filed under "
-                      "two classes: keep only the copy in the right class",
+    "label_conflict": "the same picture (an exact or near copy: resized, re-encoded, turned by a quarter "
+                      "turn or a half turn, or mirrored; a cropped copy is not recognised) is filed "
+                      "under two classes: keep only the copy in the right class",
     "n_images": "add images to these classes, remove the folders, or lower validate.min_images_per_class",
     "imbalance": "add images to the small classes or raise validate.max_imbalance_ratio",
     "label": "make the class folders match validate.expected_classes (or set it to null); quote names with "
@@ -83,7 +84,8 @@ def build_report(kept: pd.DataFrame, classes: list[str], results: dict[str, list
 CHECKS = {"refused_link": "no symlink out of the folder (none at all when DVC tracks it)",
           "bad_name": "file and folder names are valid UTF-8", "decodes": "every file decodes as an image",
           "format": "the format is allowed", "width": "width at least", "height": "height at least",
-          "label_conflict": "no picture (or a copy of it) under two labels",
+          "label_conflict": "no picture (or a copy of it: resized, re-encoded, turned by a quarter turn, "
+                            "mirrored; not cropped) under two labels",
           None: "number of classes at least",
           "n_images": "images per class at least", "imbalance": "largest / smallest class at most",
           "label": "the classes are exactly"}
