@@ -1,7 +1,7 @@
 """The Great Expectations suites of the gate and how they run: ``image-files`` (one row per
 file: links, names, decoding, format, size, label conflicts), ``image-classes`` (one row per
-class folder: count, imbalance, expected label set) and ``pool-files`` (the unlabeled pool's
-files). GX costs ~3 s to import: it is imported only when the gate runs.
+class folder: count, imbalance, distinct pictures, expected label set) and ``pool-files`` (the
+unlabeled pool's files). GX costs ~3 s to import: it is imported only when the gate runs.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline_tasks.config import ValidateConfig
-from pipeline_tasks.data.nearcopy import label_conflicts
+from pipeline_tasks.data.nearcopy import groups, label_conflicts
 
 
 def file_table(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -30,11 +30,16 @@ def file_table(manifest: pd.DataFrame) -> pd.DataFrame:
 
 
 def class_table(manifest: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
-    """One row per class folder, empty ones included."""
+    """One row per class folder, empty ones included: ``n_images``, ``imbalance`` (largest
+    class / this one) and ``n_distinct``, its distinct pictures (copy groups by the one
+    near-copy rule, ``nearcopy.groups``: a burst of near copies counts once)."""
     counts = manifest.groupby("label").size().reindex(classes, fill_value=0)
+    group = pd.Series(groups(manifest) if len(manifest) else [], index=manifest.index, dtype="int64")
+    distinct = group.groupby(manifest["label"]).nunique().reindex(classes, fill_value=0)
     biggest = max(int(counts.max()), 1)
     return pd.DataFrame({"label": classes, "n_images": counts.to_numpy(),
-                         "imbalance": biggest / counts.clip(lower=1).to_numpy()})
+                         "imbalance": biggest / counts.clip(lower=1).to_numpy(),
+                         "n_distinct": distinct.to_numpy()})
 
 
 def _suites(cfg: ValidateConfig) -> dict[str, list[Any]]:
@@ -45,6 +50,7 @@ def _suites(cfg: ValidateConfig) -> dict[str, list[Any]]:
         e.ExpectTableRowCountToBeBetween(min_value=cfg.min_classes),
         e.ExpectColumnValuesToBeBetween(column="n_images", min_value=cfg.min_images_per_class),
         e.ExpectColumnValuesToBeBetween(column="imbalance", max_value=cfg.max_imbalance_ratio),
+        e.ExpectColumnValuesToBeBetween(column="n_distinct", min_value=cfg.min_distinct_per_class),
     ]
     if cfg.expected_classes is not None:
         classes.append(e.ExpectColumnDistinctValuesToEqualSet(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +21,12 @@ import pandas as pd
 
 from pipeline_tasks.config import DataConfig, PreprocessConfig
 from pipeline_tasks.data.cache import decode_into, images_file, labels_file, large_images_file
+from pipeline_tasks.data.errors import DataError
 from pipeline_tasks.data.manifest import read_manifest
-from pipeline_tasks.data.splits import SPLITS, split_fingerprint, split_manifest
+from pipeline_tasks.data.splits import SPLITS, classes_without, split_fingerprint, split_manifest
 
 VIEW_SPLITS = ("train", "pool")  # the splits training views are cut from
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,25 @@ def _read_manifest(path: str | Path) -> pd.DataFrame:
     return read_manifest(path)
 
 
+def _check_classes(splits: pd.DataFrame) -> dict[str, list[str]]:
+    """``classes_without`` of the splits, said out loud. ``DataError`` for a class without a
+    training image (fine-tuning would see 0 labels of it); a class without a validation or test
+    image is only logged (it is not selected on, or not scored) and recorded in ``splits.json``."""
+    missing = classes_without(splits)
+    if missing["train"]:
+        names = ", ".join(f"'{c}'" for c in missing["train"])
+        raise DataError(
+            f"class(es) {names}: no training image. Each copy group (a picture and its near copies) "
+            "goes to one split by its content, and all of these classes' groups fell in val or test: "
+            "add more different pictures of them (validate.min_distinct_per_class asks for at least "
+            "3), or remove their folders; nothing was written")
+    for name in ("val", "test"):
+        if missing[name]:
+            log.warning("classes without a %s image: %s (add different pictures of them)", name,
+                        ", ".join(missing[name]))
+    return missing
+
+
 def _decode(out: Path, split: str, files: list[Path], data: DataConfig) -> None:
     """The split at ``image_size``; train and pool also at a larger ``cache_size``."""
     decode_into(images_file(out, split), files, data.image_size, data.channels, data.resize)
@@ -60,12 +82,14 @@ def preprocess_data(
 ) -> PreprocessRecord:
     """Write under ``out_dir``: ``{train,val,test}_images.npy`` (uint8 ``[N,C,H,W]``) and
     ``*_labels.npy`` (int64 ``[N]``), ``pool_images.npy`` (of ``pool`` = (pool manifest, pool
-    folder); empty without one), ``splits.csv``, ``classes.json``, ``splits.json`` (sizes and
-    the test split's fingerprint) and ``seen_images.txt``: the sha256 of every image a model
+    folder); empty without one), ``splits.csv``, ``classes.json``, ``splits.json`` (sizes, the
+    test split's fingerprint, and ``classes_without``: ``{"val": [...], "test": [...]}``, the
+    classes with no image there) and ``seen_images.txt``: the sha256 of every image a model
     trained on this cache may see (train, val and pool), which its registered version keeps."""
     out, root = Path(out_dir), Path(data_dir)
-    out.mkdir(parents=True, exist_ok=True)
     splits = split_manifest(_read_manifest(manifest_path), cfg, data.limit_per_class)
+    missing = _check_classes(splits)
+    out.mkdir(parents=True, exist_ok=True)
     classes = tuple(sorted(splits["label"].unique()))
     index = {c: i for i, c in enumerate(classes)}
     sizes = {}
@@ -88,5 +112,6 @@ def preprocess_data(
         test_split_sha256=split_fingerprint(splits), resize=data.resize,
         cache_size=data.cache_size or data.image_size,
     )
-    (out / "splits.json").write_text(json.dumps(dataclasses.asdict(record), indent=2) + "\n")
+    described = {**dataclasses.asdict(record), "classes_without": {k: missing[k] for k in ("val", "test")}}
+    (out / "splits.json").write_text(json.dumps(described, indent=2) + "\n")
     return record

@@ -29,6 +29,9 @@ _FIXES = {
                       "under two classes: keep only the copy in the right class",
     "n_images": "add images to these classes, remove the folders, or lower validate.min_images_per_class",
     "imbalance": "add images to the small classes or raise validate.max_imbalance_ratio",
+    "n_distinct": "these classes hold too few distinct pictures (near copies, such as a burst or a video's "
+                  "frames, count once and always share a split, so train, val and test cannot each get one): "
+                  "add different pictures of them, or lower validate.min_distinct_per_class",
     "label": "make the class folders match validate.expected_classes (or set it to null); quote names with "
              "leading zeros ('007'), which YAML otherwise reads as numbers",
     None: "add class folders (one per class, each holding images) or lower validate.min_classes",
@@ -42,8 +45,7 @@ def describe_failure(res: Any, table: pd.DataFrame) -> dict[str, Any]:
     found = res.result.get("unexpected_index_list") or []
     observed = res.result.get("observed_value", res.result.get("unexpected_count"))
     if "label" in table.columns and "n_images" in table.columns:
-        counts = table.set_index("label")["n_images"]
-        offenders = [f"class '{r['label']}': {counts[r['label']]} images" for r in found]
+        offenders = [_class_line(table.set_index("label").loc[r["label"]], column) for r in found]
         if column == "label":  # the label set: one line, what is missing and what is not expected
             expected, present = set(conf.kwargs.get("value_set") or []), set(table["label"])
             observed = f"missing {sorted(expected - present)}, unexpected {sorted(present - expected)}"
@@ -60,6 +62,14 @@ def describe_failure(res: Any, table: pd.DataFrame) -> dict[str, Any]:
         "observed": observed,
         "n_offending": len(found), "offending": offenders[:MAX_OFFENDERS], "fix": _FIXES[column],
     }
+
+
+def _class_line(row: pd.Series, column: str | None) -> str:
+    """One offending class: its image count, and the failed column's value when it is another."""
+    line = f"class '{row.name}': {int(row['n_images'])} images"
+    if column == "n_distinct":
+        line += f", {int(row['n_distinct'])} distinct picture(s)"
+    return line
 
 
 def build_report(kept: pd.DataFrame, classes: list[str], results: dict[str, list[Any]],
@@ -88,6 +98,7 @@ CHECKS = {"refused_link": "no symlink out of the folder (none at all when DVC tr
                             "mirrored; not cropped) under two labels",
           None: "number of classes at least",
           "n_images": "images per class at least", "imbalance": "largest / smallest class at most",
+          "n_distinct": "distinct pictures (copies count once) per class at least",
           "label": "the classes are exactly"}
 
 

@@ -55,6 +55,13 @@ def split_manifest(manifest: pd.DataFrame, cfg: PreprocessConfig,
     return frame.assign(split=split).sort_values(["split", "label", "path"]).reset_index(drop=True)
 
 
+def classes_without(splits: pd.DataFrame) -> dict[str, list[str]]:
+    """``{split: [classes]}``: for each split of ``SPLITS``, the classes of ``splits`` that have
+    no image in it (sorted; a small class can draw no group for a split)."""
+    classes = set(splits["label"])
+    return {name: sorted(classes - set(splits.loc[splits["split"] == name, "label"])) for name in SPLITS}
+
+
 def split_fingerprint(splits: pd.DataFrame, name: str = "test") -> str:
     """Identifies a split by content and labels: sha256 over its sorted ``sha256:label`` lines.
     Two scores are comparable only on equal fingerprints; relabelling an image changes it."""
