@@ -20,6 +20,8 @@ _FIXES = {
                     "not modified)",
     "bad_name": "rename these files (or folders) to UTF-8 names, e.g. `convmv -f latin1 -t utf8 -r --notest "
                 "DIR`; the data folder was not modified",
+    "path_clash": "these paths differ only by upper/lower case or Unicode form (NFC/NFD), so on macOS and "
+                  "Windows one file overwrites the other: rename or remove one of each pair",
     "decodes": "these files are not readable images: replace them or move them out of the data folder",
     "format": "convert these files to an allowed format or extend validate.allowed_formats",
     "width": "these images are too small: remove them or lower validate.min_width",
@@ -29,6 +31,8 @@ _FIXES = {
                       "under two classes: keep only the copy in the right class",
     "n_images": "add images to these classes, remove the folders, or lower validate.min_images_per_class",
     "imbalance": "add images to the small classes or raise validate.max_imbalance_ratio",
+    "name_clash": "these class folders differ only by upper/lower case or Unicode form (NFC/NFD), so on "
+                  "macOS and Windows they are one folder: merge them under one name, or rename one",
     "n_distinct": "these classes hold too few distinct pictures (near copies, such as a burst or a video's "
                   "frames, count once and always share a split, so train, val and test cannot each get one): "
                   "add different pictures of them, or lower validate.min_distinct_per_class",
@@ -69,6 +73,8 @@ def _class_line(row: pd.Series, column: str | None) -> str:
     line = f"class '{row.name}': {int(row['n_images'])} images"
     if column == "n_distinct":
         line += f", {int(row['n_distinct'])} distinct picture(s)"
+    elif column == "name_clash":
+        line += f"; on macOS and Windows the same folder as: {row['name_clash']}"
     return line
 
 
@@ -99,6 +105,8 @@ CHECKS = {"refused_link": "no symlink out of the folder (none at all when DVC tr
           None: "number of classes at least",
           "n_images": "images per class at least", "imbalance": "largest / smallest class at most",
           "n_distinct": "distinct pictures (copies count once) per class at least",
+          "name_clash": "no two class names differ only by case or Unicode form",
+          "path_clash": "no two file paths differ only by case or Unicode form",
           "label": "the classes are exactly"}
 
 
@@ -108,7 +116,7 @@ def _checked(suite: str, res: Any) -> dict[str, Any]:
     kwargs = {k: v for k, v in res.expectation_config.kwargs.items() if k not in ("column", "batch_id")}
     threshold = kwargs.get("min_value", kwargs.get("max_value", kwargs.get("value_set")))
     column = res.expectation_config.kwargs.get("column")
-    if column in ("refused_link", "bad_name", "decodes", "label_conflict"):
+    if column in ("refused_link", "bad_name", "decodes", "label_conflict", "path_clash", "name_clash"):
         threshold = None  # yes/no checks
     observed = res.result.get("unexpected_count", res.result.get("observed_value"))
     return {"suite": suite, "expectation": res.expectation_config.type, "column": column,
