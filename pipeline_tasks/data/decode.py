@@ -278,9 +278,15 @@ def prepare_image(im: Image.Image, size: int, channels: int, resize: str = "crop
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
-def load_image(path: Path | BinaryIO, size: int, channels: int, resize: str = "crop") -> np.ndarray:
-    """Decode one file to the model's input ``uint8 [C, size, size]`` (rules 1-4), a JPEG at
-    the smallest DCT scale that still holds ``size`` (``normalise``)."""
+def load_image(path: Path | BinaryIO, size: int, channels: int, resize: str = "crop",
+               name: str = "") -> np.ndarray:
+    """Decode one file (a path, or a binary stream of its bytes) to the model's input ``uint8
+    [C, size, size]`` (rules 1-4), a JPEG at the smallest DCT scale that still holds ``size``
+    (``normalise``). ``name``: what a ``DecodeError`` calls a stream (default "image")."""
     target = (size, resize)
-    im = decode(path, target=target) if isinstance(path, Path) else _decoded(open_file(path), "image", target)
+    if isinstance(path, Path):
+        im = decode(path, target=target)
+    else:
+        with open_file(path, name or "image") as opened:
+            im = _decoded(opened, name or "image", target)
     return prepare_image(im, size, channels, resize)

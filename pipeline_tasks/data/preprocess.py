@@ -5,7 +5,9 @@ The labeled images become ``{train,val,test}_images.npy`` and ``*_labels.npy``; 
 pool, when there is one, becomes ``pool_images.npy``, which only pretraining reads. With
 ``data.cache_size`` over ``data.image_size``, the train and pool images are also decoded at
 ``cache_size`` (``*_images_large.npy``), from the same files by the same decode path: the
-source of the training views (``data.cache``).
+source of the training views (``data.cache``). What is decoded is what the gate validated:
+each file's bytes are read once and checked against the sha256 in the manifest, and a file
+rewritten since is refused by name.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline_tasks.config import DataConfig, PreprocessConfig
-from pipeline_tasks.data.cache import decode_into, images_file, labels_file, large_images_file
+from pipeline_tasks.data.cache import decode_into, images_file, labels_file, large_images_file, save_atomic
 from pipeline_tasks.data.errors import DataError
 from pipeline_tasks.data.manifest import read_manifest
 from pipeline_tasks.data.splits import SPLITS, classes_without, split_fingerprint, split_manifest
@@ -67,13 +69,14 @@ def _check_classes(splits: pd.DataFrame) -> dict[str, list[str]]:
     return missing
 
 
-def _decode(out: Path, split: str, files: list[Path], data: DataConfig) -> None:
-    """The split at ``image_size``; train and pool also at a larger ``cache_size``."""
-    decode_into(images_file(out, split), files, data.image_size, data.channels, data.resize)
+def _decode(out: Path, split: str, files: list[Path], sha256: list[str], data: DataConfig) -> None:
+    """The split at ``image_size``; train and pool also at a larger ``cache_size``. Each file's
+    bytes must still have the sha256 the gate recorded (``decode_into``)."""
+    decode_into(images_file(out, split), files, data.image_size, data.channels, data.resize, sha256=sha256)
     large = large_images_file(out, split)
     large.unlink(missing_ok=True)  # never a stale copy from an earlier cache_size
     if split in VIEW_SPLITS and (data.cache_size or data.image_size) > data.image_size:
-        decode_into(large, files, int(data.cache_size or 0), data.channels, data.resize)
+        decode_into(large, files, int(data.cache_size or 0), data.channels, data.resize, sha256=sha256)
 
 
 def preprocess_data(
@@ -95,13 +98,13 @@ def preprocess_data(
     sizes = {}
     for name in SPLITS:
         rows = splits[splits["split"] == name]
-        np.save(labels_file(out, name), np.array([index[c] for c in rows["label"]], dtype=np.int64))
-        _decode(out, name, [root / r for r in rows["path"]], data)
+        save_atomic(labels_file(out, name), np.array([index[c] for c in rows["label"]], dtype=np.int64))
+        _decode(out, name, [root / r for r in rows["path"]], list(rows["sha256"]), data)
         sizes[name] = len(rows)
     pool_manifest = _read_manifest(pool[0]) if pool else pd.DataFrame({"path": [], "sha256": []}, dtype=str)
     pool_rows = pool_manifest["path"]
     pool_root = Path(pool[1]) if pool else root
-    _decode(out, "pool", [pool_root / r for r in pool_rows], data)
+    _decode(out, "pool", [pool_root / r for r in pool_rows], list(pool_manifest["sha256"]), data)
     seen = set(splits.loc[splits["split"] != "test", "sha256"]) | set(pool_manifest["sha256"])
     (out / "seen_images.txt").write_text("".join(f"{s}\n" for s in sorted(seen - {""})))
     splits.to_csv(out / "splits.csv", index=False)
