@@ -34,6 +34,7 @@ a union-find over the pairs found.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -198,8 +199,14 @@ def group_ids(sha256s: Sequence[str], hashed: Hashes, max_bits: int = NEAR_BITS)
 
 def groups(manifest: pd.DataFrame, max_bits: int = NEAR_BITS) -> np.ndarray:
     """``group_ids`` of a manifest's rows (by position): columns ``sha256``, ``phash`` and,
-    when present, ``phash_flips``."""
-    return group_ids(list(manifest["sha256"]), hashes(manifest), max_bits)
+    when present, ``phash_flips``. The gate asks for the groups of one manifest three times
+    (label conflicts, distinct pictures per class, the report): the last few answers are kept."""
+    return _groups_of(tuple(manifest["sha256"]), tuple(hashes(manifest)), max_bits).copy()
+
+
+@functools.lru_cache(maxsize=4)
+def _groups_of(sha256s: tuple[str, ...], hashed: tuple[tuple[str, str], ...], max_bits: int) -> np.ndarray:
+    return group_ids(sha256s, hashed, max_bits)
 
 
 def label_conflicts(manifest: pd.DataFrame) -> pd.Series:
