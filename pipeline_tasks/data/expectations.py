@@ -1,8 +1,8 @@
 """The Great Expectations suites of the gate and how they run: ``image-files`` (one row per
 file: links, names, paths that clash by case or Unicode form, decoding, format, size, label
 conflicts), ``image-classes`` (one row per class folder: count, imbalance, distinct pictures,
-names that clash, expected label set) and ``pool-files`` (the
-unlabeled pool's files). GX costs ~3 s to import: it is imported only when the gate runs.
+names that clash, expected label set) and ``pool-files`` (the unlabeled pool's files). GX
+costs ~3 s to import: it is imported only when the gate runs.
 """
 
 from __future__ import annotations
