@@ -69,6 +69,10 @@ class ValidateConfig(_Section):
     allowed_formats: tuple[str, ...] = IMAGE_FORMATS  # Pillow's format names
     # Largest class / smallest class; beyond this the small classes are drowned out.
     max_imbalance_ratio: float = Field(10.0, ge=1)
+    # Distinct pictures (copy groups: a burst or a video's frames count once) each class needs.
+    # A copy group never straddles splits, so fewer than 3 cannot give train, val and test one
+    # each; a class with none in train would be fine-tuned on 0 labels.
+    min_distinct_per_class: int = Field(3, ge=1)
     expected_classes: tuple[str, ...] | None = None  # the label set must equal this when given
     # fail: any bad file stops the run. skip_bad_files: leave bad files out (listed in the
     # report) and go on; files are never deleted or rewritten either way.

@@ -1,5 +1,7 @@
-"""The uint8 image cache: one ``.npy`` file per split, written in place and read memory-mapped,
-so a data set larger than memory is decoded once and then paged in batch by batch.
+"""The uint8 image cache: one ``.npy`` file per split, read memory-mapped, so a data set larger
+than memory is decoded once and then paged in batch by batch. Each file is written beside its
+place and moved there when complete (``os.replace``): a process still reading the old one keeps
+it whole.
 
 ``decode_into`` fills a cache file from image files on every core; ``open_images`` and
 ``load_split`` read it back; ``recipe`` says how its images were made.
@@ -14,7 +16,9 @@ and fine-tuning are cut from, so a view resampled to ``image_size`` has real pix
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -24,6 +28,7 @@ import numpy as np
 import torch
 
 from pipeline_tasks.data.cores import usable_cores
+from pipeline_tasks.data.errors import DataError
 
 CHUNK = 512  # images per decoding task
 
@@ -41,32 +46,66 @@ def labels_file(out_dir: str | Path, split: str) -> Path:
     return Path(out_dir) / f"{split}_labels.npy"
 
 
-def _decode_chunk(args: tuple[str, int, list[str], int, int, str]) -> None:
+def save_atomic(path: str | Path, array: np.ndarray) -> None:
+    """``np.save`` to a temporary file beside ``path``, then ``os.replace``: a process that has
+    the old file memory-mapped keeps reading the old file (its inode), never one truncated and
+    rewritten under it (SIGBUS)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to a name
+            np.save(f, array)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _decode_chunk(args: tuple[str, int, list[str], list[str] | None, int, int, str]) -> None:
+    """Decode one chunk of files into rows ``start...`` of the memory-mapped ``.npy``: each
+    file's bytes read once, checked against its expected sha256 (when given), and those same
+    bytes decoded (``decode.load_image``)."""
     from pipeline_tasks.data.decode import load_image  # noqa: PLC0415 - a worker process
 
-    path, start, files, size, channels, resize = args
+    path, start, files, expected, size, channels, resize = args
     out = np.load(path, mmap_mode="r+")
     for i, f in enumerate(files):
-        out[start + i] = load_image(Path(f), size, channels, resize)
+        raw = Path(f).read_bytes()
+        if expected is not None and (found := hashlib.sha256(raw).hexdigest()) != expected[i]:
+            raise DataError(
+                f"{f}: changed after validation (its sha256 is now {found[:12]}..., the gate checked "
+                f"{expected[i][:12] or 'none'}...): rerun validation (`pretrainflow stage validate`, or "
+                "`pretrainflow run`) so that the images trained on are the ones the gate checked")
+        out[start + i] = load_image(io.BytesIO(raw), size, channels, resize, name=f)
     out.flush()
 
 
 def decode_into(path: Path, files: Sequence[Path], size: int, channels: int, resize: str,
-                workers: int | None = None) -> None:
+                workers: int | None = None, sha256: Sequence[str] | None = None) -> None:
     """Decode ``files`` into a new uint8 ``[N, C, size, size]`` ``.npy`` at ``path``, chunks
-    of ``CHUNK`` images on ``workers`` processes (by default one per usable core: ``usable_cores``)."""
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
-                                    shape=(len(files), channels, size, size))
+    of ``CHUNK`` images on ``workers`` processes (by default one per usable core: ``usable_cores``).
+
+    ``sha256``: each file's sha256 as the gate recorded it; a file whose bytes no longer match
+    is a ``DataError`` naming it, and the bytes checked are the bytes decoded. The array is
+    filled in a temporary file beside ``path`` and moved over it when complete (``os.replace``),
+    so a reader of the old ``path`` never sees it change, and an error leaves no partial file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), channels, size, size))
     del out  # header and size on disk; the workers fill it
-    tasks = [(str(path), s, [str(f) for f in files[s:s + CHUNK]], size, channels, resize)
+    expected = None if sha256 is None else [str(s) for s in sha256]
+    tasks = [(str(tmp), s, [str(f) for f in files[s:s + CHUNK]],
+              None if expected is None else expected[s:s + CHUNK], size, channels, resize)
              for s in range(0, len(files), CHUNK)]
     workers = min(workers or usable_cores(), len(tasks))
-    if workers <= 1:
-        for task in tasks:
-            _decode_chunk(task)
-        return
-    with ProcessPoolExecutor(workers) as pool:
-        list(pool.map(_decode_chunk, tasks))
+    try:
+        if workers <= 1:
+            for task in tasks:
+                _decode_chunk(task)
+        else:
+            with ProcessPoolExecutor(workers) as pool:
+                list(pool.map(_decode_chunk, tasks))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def open_images(out_dir: str | Path, split: str) -> np.ndarray:
@@ -86,9 +125,9 @@ def view_source(out_dir: str | Path, split: str) -> np.ndarray:
 
 def save_split(out_dir: str | Path, name: str, images: np.ndarray, labels: np.ndarray | None) -> None:
     """Write one split of the cache from arrays (uint8 ``[N,C,H,W]``, int64 ``[N]``)."""
-    np.save(images_file(out_dir, name), np.ascontiguousarray(images, dtype=np.uint8))
+    save_atomic(images_file(out_dir, name), np.ascontiguousarray(images, dtype=np.uint8))
     if labels is not None:
-        np.save(labels_file(out_dir, name), np.asarray(labels, dtype=np.int64))
+        save_atomic(labels_file(out_dir, name), np.asarray(labels, dtype=np.int64))
 
 
 def load_split(out_dir: str | Path, name: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,11 +7,14 @@ The rules, in order:
 1. Files: EXIF orientation applied; multi-frame files (GIF, TIFF, WebP, ...) use their first
    frame, and the manifest records the frame count; HEIC/HEIF are refused by name (Pillow
    cannot read them; convert them to JPEG or PNG).
-2. Pixel values to 8 bits (``to_uint8``): uint8 as is; bool as 0/255; integers without negative
-   values divided by ``2**b - 1``, ``b`` the smallest bit depth of at least 8 that holds the
-   image's largest value (16-bit data: 65535; 12-bit data in a 16-bit file: 4095), then x255;
-   floats in [0, 1] x255; integers with negative values and floats outside [0, 1] scaled from
-   their min-max to [0, 255]; NaN and infinity as 0.
+2. Pixel values to 8 bits (``data.pixels``), one fixed scale per bit depth, never per image:
+   uint8 as is; bool as 0/255; integers divided by their bit depth's largest value (uint16
+   by 65535, int16 by 32767, a 12-bit TIFF by 4095), negative values clipped to 0; floats
+   taken as [0, 1] (torchvision's ``ToTensor``, scikit-image's ``img_as_ubyte``) and clipped;
+   NaN and infinity as 0. A file's bit depth is the file's own, not Pillow's mode: a 16-bit
+   PNG or PGM that Pillow widens to mode ``I`` (int32) is still 16-bit (``sample_range``).
+   Nested lists (JSON) carry no dtype: their whole numbers are 8-bit values, 0 to 255. So a
+   brighter picture is never darker, and a file, its bytes and its array give the same pixels.
 3. Colour: CMYK through its ICC profile to sRGB when it has one (LittleCMS), else Pillow's
    conversion; palette, YCbCr, LAB and HSV to RGB; transparency (RGBA, LA, palette with a
    transparent colour) flattened onto white.
@@ -38,6 +41,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+from pipeline_tasks.data.pixels import high_depth_to_l, sample_range, to_uint8
 
 # Every suffix read as an image anywhere (listing, importers, predict), by Pillow format.
 SUFFIXES = {
@@ -77,27 +82,6 @@ def refused_format(name: str, head: bytes = b"") -> str | None:
     """``HEIC``/``HEIF`` when the file name or its first bytes say so, else None."""
     found = REFUSED.get(Path(name).suffix.lower())
     return found or ("HEIC" if head[4:12] in _HEIF_BRANDS else None)
-
-
-def to_uint8(pixels: Any) -> np.ndarray:
-    """Pixel values of any dtype as uint8 by the module's rule 2 (shape kept)."""
-    arr = np.asarray(pixels)
-    if arr.dtype == np.uint8:
-        return arr
-    if arr.dtype == bool:
-        return arr.astype(np.uint8) * 255
-    values = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    if values.size == 0:
-        return values.astype(np.uint8)
-    low, high = float(values.min()), float(values.max())
-    if arr.dtype.kind in "iu" and low >= 0:
-        scale = 2 ** max(8, int(high).bit_length()) - 1
-        values = values / scale * 255.0
-    elif arr.dtype.kind == "f" and low >= 0 and high <= 1:
-        values = values * 255.0
-    else:
-        values = (values - low) / (high - low) * 255.0 if high > low else np.zeros_like(values)
-    return values.round().clip(0, 255).astype(np.uint8)
 
 
 def _flatten(im: Image.Image) -> Image.Image:
@@ -146,6 +130,8 @@ def from_array(pixels: Any, max_pixels: int | None = None) -> Image.Image:
         raise DecodeError(f"{what}: {expected}")
     if raw.ndim >= 2:
         check_pixels(raw.shape[1], raw.shape[0], max_pixels)
+    if isinstance(pixels, list | tuple) and raw.dtype.kind in "iu":
+        raw = _list_as_8_bit(raw)
     arr = to_uint8(raw)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
@@ -156,6 +142,17 @@ def from_array(pixels: Any, max_pixels: int | None = None) -> Image.Image:
         return _colour(Image.fromarray(np.ascontiguousarray(arr), modes[arr.shape[2]]))
     raise DecodeError(f"pixel array of shape {arr.shape}: expected [H, W], [H, W, 1], [H, W, 2], "
                       "[H, W, 3] or [H, W, 4]")
+
+
+def _list_as_8_bit(raw: np.ndarray) -> np.ndarray:
+    """Whole numbers from nested lists (JSON has no dtype) as the 8-bit values they are read
+    as; ``DecodeError`` for values outside 0-255, which have no bit depth to scale by."""
+    low, high = (int(raw.min()), int(raw.max())) if raw.size else (0, 0)
+    if low < 0 or high > 255:
+        raise DecodeError(f"a list of whole numbers from {low} to {high}: lists are read as 8-bit "
+                          "values (0-255); send floats in [0, 1], or the image file base64-encoded "
+                          "(a 16-bit PNG keeps its bit depth)")
+    return raw.astype(np.uint8)
 
 
 def draft_size(width: int, height: int, size: int, resize: str) -> tuple[int, int]:
@@ -182,10 +179,9 @@ def normalise(im: Image.Image, min_size: tuple[int, int] | None = None) -> Image
         im.seek(0)
     if min_size is not None:
         im.draft(im.mode, min_size)  # a no-op for every format but JPEG
+    depth = sample_range(im) if im.mode in ("I", "F") or im.mode.startswith("I;") else None
     im = ImageOps.exif_transpose(im)
-    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F") or im.mode.startswith("I;"):
-        return Image.fromarray(to_uint8(np.asarray(im)), "L")
-    return _colour(im)
+    return _colour(im) if depth is None else high_depth_to_l(im, *depth)
 
 
 def open_file(source: str | Path | bytes | BinaryIO, name: str = "",
@@ -282,9 +278,15 @@ def prepare_image(im: Image.Image, size: int, channels: int, resize: str = "crop
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
-def load_image(path: Path | BinaryIO, size: int, channels: int, resize: str = "crop") -> np.ndarray:
-    """Decode one file to the model's input ``uint8 [C, size, size]`` (rules 1-4), a JPEG at
-    the smallest DCT scale that still holds ``size`` (``normalise``)."""
+def load_image(path: Path | BinaryIO, size: int, channels: int, resize: str = "crop",
+               name: str = "") -> np.ndarray:
+    """Decode one file (a path, or a binary stream of its bytes) to the model's input ``uint8
+    [C, size, size]`` (rules 1-4), a JPEG at the smallest DCT scale that still holds ``size``
+    (``normalise``). ``name``: what a ``DecodeError`` calls a stream (default "image")."""
     target = (size, resize)
-    im = decode(path, target=target) if isinstance(path, Path) else _decoded(open_file(path), "image", target)
+    if isinstance(path, Path):
+        im = decode(path, target=target)
+    else:
+        with open_file(path, name or "image") as opened:
+            im = _decoded(opened, name or "image", target)
     return prepare_image(im, size, channels, resize)

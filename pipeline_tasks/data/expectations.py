@@ -1,19 +1,33 @@
 """The Great Expectations suites of the gate and how they run: ``image-files`` (one row per
-file: links, names, decoding, format, size, label conflicts), ``image-classes`` (one row per
-class folder: count, imbalance, expected label set) and ``pool-files`` (the unlabeled pool's
-files). GX costs ~3 s to import: it is imported only when the gate runs.
+file: links, names, paths that clash by case or Unicode form, decoding, format, size, label
+conflicts), ``image-classes`` (one row per class folder: count, imbalance, distinct pictures,
+names that clash, expected label set) and ``pool-files`` (the unlabeled pool's files). GX
+costs ~3 s to import: it is imported only when the gate runs.
 """
 
 from __future__ import annotations
 
 import logging
+import unicodedata
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from pipeline_tasks.config import ValidateConfig
-from pipeline_tasks.data.nearcopy import label_conflicts
+from pipeline_tasks.data.nearcopy import groups, label_conflicts
+
+
+def name_clashes(names: pd.Series) -> pd.Series:
+    """For each name (a class folder or a relative path), the other names that a case-insensitive,
+    Unicode-normalising file system (macOS, Windows) takes for the same one, comma-separated
+    (``""``: none): names equal under ``unicodedata.normalize("NFC", name).casefold()``, such as
+    ``Cat``/``cat`` or an NFC and an NFD ``é``. Copied there, such folders merge and such files
+    overwrite each other."""
+    key = names.map(lambda name: unicodedata.normalize("NFC", name).casefold())
+    members = names.groupby(key).agg(list)
+    return pd.Series([", ".join(other for other in members[k] if other != name)
+                      for name, k in zip(names, key, strict=True)], index=names.index, dtype=object)
 
 
 def file_table(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -26,15 +40,22 @@ def file_table(manifest: pd.DataFrame) -> pd.DataFrame:
         format=manifest["format"].where(ok), width=manifest["width"].where(ok),
         height=manifest["height"].where(ok),
         label_conflict=label_conflicts(manifest) if len(manifest) else False,
+        path_clash=name_clashes(manifest["path"]) if len(manifest) else "",
     )
 
 
 def class_table(manifest: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
-    """One row per class folder, empty ones included."""
+    """One row per class folder, empty ones included: ``n_images``, ``imbalance`` (largest
+    class / this one) and ``n_distinct``, its distinct pictures (copy groups by the one
+    near-copy rule, ``nearcopy.groups``: a burst of near copies counts once)."""
     counts = manifest.groupby("label").size().reindex(classes, fill_value=0)
+    group = pd.Series(groups(manifest) if len(manifest) else [], index=manifest.index, dtype="int64")
+    distinct = group.groupby(manifest["label"]).nunique().reindex(classes, fill_value=0)
     biggest = max(int(counts.max()), 1)
     return pd.DataFrame({"label": classes, "n_images": counts.to_numpy(),
-                         "imbalance": biggest / counts.clip(lower=1).to_numpy()})
+                         "imbalance": biggest / counts.clip(lower=1).to_numpy(),
+                         "n_distinct": distinct.to_numpy(),
+                         "name_clash": name_clashes(pd.Series(classes, dtype=object)).to_numpy()})
 
 
 def _suites(cfg: ValidateConfig) -> dict[str, list[Any]]:
@@ -45,6 +66,8 @@ def _suites(cfg: ValidateConfig) -> dict[str, list[Any]]:
         e.ExpectTableRowCountToBeBetween(min_value=cfg.min_classes),
         e.ExpectColumnValuesToBeBetween(column="n_images", min_value=cfg.min_images_per_class),
         e.ExpectColumnValuesToBeBetween(column="imbalance", max_value=cfg.max_imbalance_ratio),
+        e.ExpectColumnValuesToBeBetween(column="n_distinct", min_value=cfg.min_distinct_per_class),
+        e.ExpectColumnValuesToBeInSet(column="name_clash", value_set=[""]),
     ]
     if cfg.expected_classes is not None:
         classes.append(e.ExpectColumnDistinctValuesToEqualSet(
@@ -53,6 +76,7 @@ def _suites(cfg: ValidateConfig) -> dict[str, list[Any]]:
         return [
             e.ExpectColumnValuesToBeInSet(column="refused_link", value_set=[False]),
             e.ExpectColumnValuesToBeInSet(column="bad_name", value_set=[False]),
+            e.ExpectColumnValuesToBeInSet(column="path_clash", value_set=[""]),
             e.ExpectColumnValuesToBeInSet(column="decodes", value_set=[True]),
             e.ExpectColumnValuesToBeInSet(column="format", value_set=list(cfg.allowed_formats)),
             e.ExpectColumnValuesToBeBetween(column="width", min_value=cfg.min_width),

@@ -14,7 +14,7 @@ import pandas as pd
 
 from pipeline_tasks.data.errors import DataError
 
-CACHE_VERSION = "4"  # bump when a column's meaning changes: old caches are then ignored (4: draft pHash)
+CACHE_VERSION = "5"  # bump when a column's meaning changes: old caches are then ignored (5: flipped pHashes)
 
 
 BAD_NAME = "bad-name"  # the listing's size key for a file whose name is not valid UTF-8

@@ -25,11 +25,11 @@ import pandas as pd
 from pipeline_tasks.data.cores import usable_cores
 from pipeline_tasks.data.decode import REFUSED_FIX, normalise, open_file, refused_format
 from pipeline_tasks.data.listing import BAD_NAME, CACHE_VERSION, list_images, list_pool
-from pipeline_tasks.data.nearcopy import PHASH_INPUT, phash
+from pipeline_tasks.data.nearcopy import PHASH_INPUT, phashes
 
 MANIFEST_COLUMNS = [
     "path", "label", "format", "mode", "width", "height", "frames", "bytes", "sha256", "phash",
-    "decodes", "error", "refused_link", "bad_name", "stat_key",
+    "phash_flips", "decodes", "error", "refused_link", "bad_name", "stat_key",
 ]
 LINK_ERRORS = {False: "symlink to a path outside the data folder (not followed)",
                True: "symlink in a DVC-tracked data folder (`dvc add` would replace it with a copy of its "
@@ -38,15 +38,16 @@ LINK_ERRORS = {False: "symlink to a path outside the data folder (not followed)"
 
 def _row(rel: str, label: str, **values: Any) -> dict[str, Any]:
     return {"path": rel, "label": label, "format": "", "mode": "", "width": 0, "height": 0, "frames": 0,
-            "bytes": 0, "sha256": "", "phash": "", "decodes": False, "error": "",
+            "bytes": 0, "sha256": "", "phash": "", "phash_flips": "", "decodes": False, "error": "",
             "refused_link": False, "bad_name": False, "stat_key": "", **values}
 
 
 def describe_file(path: Path, rel: str, label: str, known: dict[str, Any] | None = None) -> dict[str, Any]:
     """One manifest row: format, original mode and size, frame count; the pixels decoded (catches
     truncation: a JPEG's entropy-coded data is read in full even at a reduced DCT scale); the
-    bytes' sha256 and the decoded image's pHash. ``known``: an earlier row of this path, returned
-    as it is, without decoding, when the bytes' sha256 and the label are still its own."""
+    bytes' sha256 and the decoded image's pHashes, upright and flipped (``nearcopy.phashes``).
+    ``known``: an earlier row of this path, returned as it is, without decoding, when the bytes'
+    sha256 and the label are still its own."""
     row = _row(rel, label)
     try:
         raw = path.read_bytes()
@@ -58,7 +59,8 @@ def describe_file(path: Path, rel: str, label: str, known: dict[str, Any] | None
         with open_file(raw, rel) as im:
             row.update(format=im.format or "", mode=im.mode, width=im.width, height=im.height,
                        frames=int(getattr(im, "n_frames", 1)))
-            row.update(phash=phash(normalise(im, PHASH_INPUT)), decodes=True)
+            hashed, flips = phashes(normalise(im, PHASH_INPUT))
+            row.update(phash=hashed, phash_flips=flips, decodes=True)
     except Exception as exc:  # PIL raises many types for bad files: record, never crash
         row["error"] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return row
@@ -130,8 +132,8 @@ def _describe_all(root: Path, todo: pd.DataFrame, cache: pd.DataFrame | None,
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
     """A manifest CSV with its text columns as text (a label "007" stays "007")."""
-    return pd.read_csv(path, dtype={"label": str, "phash": str, "error": str, "path": str, "stat_key": str,
-                                    "sha256": str, "format": str, "mode": str}, keep_default_na=False)
+    text = ("label", "phash", "phash_flips", "error", "path", "stat_key", "sha256", "format", "mode")
+    return pd.read_csv(path, dtype=dict.fromkeys(text, str), keep_default_na=False)
 
 
 def data_digest(manifest: pd.DataFrame) -> str:

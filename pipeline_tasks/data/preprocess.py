@@ -5,13 +5,16 @@ The labeled images become ``{train,val,test}_images.npy`` and ``*_labels.npy``; 
 pool, when there is one, becomes ``pool_images.npy``, which only pretraining reads. With
 ``data.cache_size`` over ``data.image_size``, the train and pool images are also decoded at
 ``cache_size`` (``*_images_large.npy``), from the same files by the same decode path: the
-source of the training views (``data.cache``).
+source of the training views (``data.cache``). What is decoded is what the gate validated:
+each file's bytes are read once and checked against the sha256 in the manifest, and a file
+rewritten since is refused by name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,11 +22,13 @@ import numpy as np
 import pandas as pd
 
 from pipeline_tasks.config import DataConfig, PreprocessConfig
-from pipeline_tasks.data.cache import decode_into, images_file, labels_file, large_images_file
+from pipeline_tasks.data.cache import decode_into, images_file, labels_file, large_images_file, save_atomic
+from pipeline_tasks.data.errors import DataError
 from pipeline_tasks.data.manifest import read_manifest
-from pipeline_tasks.data.splits import SPLITS, split_fingerprint, split_manifest
+from pipeline_tasks.data.splits import SPLITS, classes_without, split_fingerprint, split_manifest
 
 VIEW_SPLITS = ("train", "pool")  # the splits training views are cut from
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,13 +50,33 @@ def _read_manifest(path: str | Path) -> pd.DataFrame:
     return read_manifest(path)
 
 
-def _decode(out: Path, split: str, files: list[Path], data: DataConfig) -> None:
-    """The split at ``image_size``; train and pool also at a larger ``cache_size``."""
-    decode_into(images_file(out, split), files, data.image_size, data.channels, data.resize)
+def _check_classes(splits: pd.DataFrame) -> dict[str, list[str]]:
+    """``classes_without`` of the splits, said out loud. ``DataError`` for a class without a
+    training image (fine-tuning would see 0 labels of it); a class without a validation or test
+    image is only logged (it is not selected on, or not scored) and recorded in ``splits.json``."""
+    missing = classes_without(splits)
+    if missing["train"]:
+        names = ", ".join(f"'{c}'" for c in missing["train"])
+        raise DataError(
+            f"class(es) {names}: no training image. Each copy group (a picture and its near copies) "
+            "goes to one split by its content, and all of these classes' groups fell in val or test: "
+            "add more different pictures of them (validate.min_distinct_per_class asks for at least "
+            "3), or remove their folders; nothing was written")
+    for name in ("val", "test"):
+        if missing[name]:
+            log.warning("classes without a %s image: %s (add different pictures of them)", name,
+                        ", ".join(missing[name]))
+    return missing
+
+
+def _decode(out: Path, split: str, files: list[Path], sha256: list[str], data: DataConfig) -> None:
+    """The split at ``image_size``; train and pool also at a larger ``cache_size``. Each file's
+    bytes must still have the sha256 the gate recorded (``decode_into``)."""
+    decode_into(images_file(out, split), files, data.image_size, data.channels, data.resize, sha256=sha256)
     large = large_images_file(out, split)
     large.unlink(missing_ok=True)  # never a stale copy from an earlier cache_size
     if split in VIEW_SPLITS and (data.cache_size or data.image_size) > data.image_size:
-        decode_into(large, files, int(data.cache_size or 0), data.channels, data.resize)
+        decode_into(large, files, int(data.cache_size or 0), data.channels, data.resize, sha256=sha256)
 
 
 def preprocess_data(
@@ -60,24 +85,26 @@ def preprocess_data(
 ) -> PreprocessRecord:
     """Write under ``out_dir``: ``{train,val,test}_images.npy`` (uint8 ``[N,C,H,W]``) and
     ``*_labels.npy`` (int64 ``[N]``), ``pool_images.npy`` (of ``pool`` = (pool manifest, pool
-    folder); empty without one), ``splits.csv``, ``classes.json``, ``splits.json`` (sizes and
-    the test split's fingerprint) and ``seen_images.txt``: the sha256 of every image a model
+    folder); empty without one), ``splits.csv``, ``classes.json``, ``splits.json`` (sizes, the
+    test split's fingerprint, and ``classes_without``: ``{"val": [...], "test": [...]}``, the
+    classes with no image there) and ``seen_images.txt``: the sha256 of every image a model
     trained on this cache may see (train, val and pool), which its registered version keeps."""
     out, root = Path(out_dir), Path(data_dir)
-    out.mkdir(parents=True, exist_ok=True)
     splits = split_manifest(_read_manifest(manifest_path), cfg, data.limit_per_class)
+    missing = _check_classes(splits)
+    out.mkdir(parents=True, exist_ok=True)
     classes = tuple(sorted(splits["label"].unique()))
     index = {c: i for i, c in enumerate(classes)}
     sizes = {}
     for name in SPLITS:
         rows = splits[splits["split"] == name]
-        np.save(labels_file(out, name), np.array([index[c] for c in rows["label"]], dtype=np.int64))
-        _decode(out, name, [root / r for r in rows["path"]], data)
+        save_atomic(labels_file(out, name), np.array([index[c] for c in rows["label"]], dtype=np.int64))
+        _decode(out, name, [root / r for r in rows["path"]], list(rows["sha256"]), data)
         sizes[name] = len(rows)
     pool_manifest = _read_manifest(pool[0]) if pool else pd.DataFrame({"path": [], "sha256": []}, dtype=str)
     pool_rows = pool_manifest["path"]
     pool_root = Path(pool[1]) if pool else root
-    _decode(out, "pool", [pool_root / r for r in pool_rows], data)
+    _decode(out, "pool", [pool_root / r for r in pool_rows], list(pool_manifest["sha256"]), data)
     seen = set(splits.loc[splits["split"] != "test", "sha256"]) | set(pool_manifest["sha256"])
     (out / "seen_images.txt").write_text("".join(f"{s}\n" for s in sorted(seen - {""})))
     splits.to_csv(out / "splits.csv", index=False)
@@ -88,5 +115,6 @@ def preprocess_data(
         test_split_sha256=split_fingerprint(splits), resize=data.resize,
         cache_size=data.cache_size or data.image_size,
     )
-    (out / "splits.json").write_text(json.dumps(dataclasses.asdict(record), indent=2) + "\n")
+    described = {**dataclasses.asdict(record), "classes_without": {k: missing[k] for k in ("val", "test")}}
+    (out / "splits.json").write_text(json.dumps(described, indent=2) + "\n")
     return record

@@ -20,14 +20,22 @@ _FIXES = {
                     "not modified)",
     "bad_name": "rename these files (or folders) to UTF-8 names, e.g. `convmv -f latin1 -t utf8 -r --notest "
                 "DIR`; the data folder was not modified",
+    "path_clash": "these paths differ only by upper/lower case or Unicode form (NFC/NFD), so on macOS and "
+                  "Windows one file overwrites the other: rename or remove one of each pair",
     "decodes": "these files are not readable images: replace them or move them out of the data folder",
     "format": "convert these files to an allowed format or extend validate.allowed_formats",
     "width": "these images are too small: remove them or lower validate.min_width",
     "height": "these images are too small: remove them or lower validate.min_height",
-    "label_conflict": "the same picture (an exact or near copy: resized, re-encoded, rotated) is filed under "
-                      "two classes: keep only the copy in the right class",
+    "label_conflict": "the same picture (an exact or near copy: resized, re-encoded, turned by a quarter "
+                      "turn or a half turn, or mirrored; a cropped copy is not recognised) is filed "
+                      "under two classes: keep only the copy in the right class",
     "n_images": "add images to these classes, remove the folders, or lower validate.min_images_per_class",
     "imbalance": "add images to the small classes or raise validate.max_imbalance_ratio",
+    "name_clash": "these class folders differ only by upper/lower case or Unicode form (NFC/NFD), so on "
+                  "macOS and Windows they are one folder: merge them under one name, or rename one",
+    "n_distinct": "these classes hold too few distinct pictures (near copies, such as a burst or a video's "
+                  "frames, count once and always share a split, so train, val and test cannot each get one): "
+                  "add different pictures of them, or lower validate.min_distinct_per_class",
     "label": "make the class folders match validate.expected_classes (or set it to null); quote names with "
              "leading zeros ('007'), which YAML otherwise reads as numbers",
     None: "add class folders (one per class, each holding images) or lower validate.min_classes",
@@ -41,8 +49,7 @@ def describe_failure(res: Any, table: pd.DataFrame) -> dict[str, Any]:
     found = res.result.get("unexpected_index_list") or []
     observed = res.result.get("observed_value", res.result.get("unexpected_count"))
     if "label" in table.columns and "n_images" in table.columns:
-        counts = table.set_index("label")["n_images"]
-        offenders = [f"class '{r['label']}': {counts[r['label']]} images" for r in found]
+        offenders = [_class_line(table.set_index("label").loc[r["label"]], column) for r in found]
         if column == "label":  # the label set: one line, what is missing and what is not expected
             expected, present = set(conf.kwargs.get("value_set") or []), set(table["label"])
             observed = f"missing {sorted(expected - present)}, unexpected {sorted(present - expected)}"
@@ -59,6 +66,16 @@ def describe_failure(res: Any, table: pd.DataFrame) -> dict[str, Any]:
         "observed": observed,
         "n_offending": len(found), "offending": offenders[:MAX_OFFENDERS], "fix": _FIXES[column],
     }
+
+
+def _class_line(row: pd.Series, column: str | None) -> str:
+    """One offending class: its image count, and the failed column's value when it is another."""
+    line = f"class '{row.name}': {int(row['n_images'])} images"
+    if column == "n_distinct":
+        line += f", {int(row['n_distinct'])} distinct picture(s)"
+    elif column == "name_clash":
+        line += f"; on macOS and Windows the same folder as: {row['name_clash']}"
+    return line
 
 
 def build_report(kept: pd.DataFrame, classes: list[str], results: dict[str, list[Any]],
@@ -83,9 +100,13 @@ def build_report(kept: pd.DataFrame, classes: list[str], results: dict[str, list
 CHECKS = {"refused_link": "no symlink out of the folder (none at all when DVC tracks it)",
           "bad_name": "file and folder names are valid UTF-8", "decodes": "every file decodes as an image",
           "format": "the format is allowed", "width": "width at least", "height": "height at least",
-          "label_conflict": "no picture (or a copy of it) under two labels",
+          "label_conflict": "no picture (or a copy of it: resized, re-encoded, turned by a quarter turn, "
+                            "mirrored; not cropped) under two labels",
           None: "number of classes at least",
           "n_images": "images per class at least", "imbalance": "largest / smallest class at most",
+          "n_distinct": "distinct pictures (copies count once) per class at least",
+          "name_clash": "no two class names differ only by case or Unicode form",
+          "path_clash": "no two file paths differ only by case or Unicode form",
           "label": "the classes are exactly"}
 
 
@@ -95,7 +116,7 @@ def _checked(suite: str, res: Any) -> dict[str, Any]:
     kwargs = {k: v for k, v in res.expectation_config.kwargs.items() if k not in ("column", "batch_id")}
     threshold = kwargs.get("min_value", kwargs.get("max_value", kwargs.get("value_set")))
     column = res.expectation_config.kwargs.get("column")
-    if column in ("refused_link", "bad_name", "decodes", "label_conflict"):
+    if column in ("refused_link", "bad_name", "decodes", "label_conflict", "path_clash", "name_clash"):
         threshold = None  # yes/no checks
     observed = res.result.get("unexpected_count", res.result.get("observed_value"))
     return {"suite": suite, "expectation": res.expectation_config.type, "column": column,

@@ -4,11 +4,13 @@ or removing images moves no other image between splits.
 Each group of copies (``data.nearcopy``: exact or near, transitively) takes a position in
 [0, 1), the sha256 of ``preprocess.seed`` and the smallest sha256 among its files; the group is
 test below ``test_fraction``, val below ``test_fraction + val_fraction``, train above. A group's
-split therefore depends on its own bytes only: a test image stays a test image across data
-versions, as long as no new file joins its copy group. In expectation every class is split in
-the given fractions; in a class of 3 or more copy groups a split that drew none borrows one from
-the fullest split (the group positioned nearest to its range), so small classes are trained,
-selected and scored.
+split therefore depends on its own bytes only: an image stays in its split across data
+versions, whatever images are added or removed, as long as no new file joins its copy group.
+Every class is split in the given fractions in expectation only. No rule can both promise each
+class a group in every split and never move an image (a small class's groups would have to
+move as it grows), so a split that drew none of a class's groups stays without it: preprocess
+refuses a class with no training image and names those without validation or test images
+(``classes_without``), and the gate asks for ``validate.min_distinct_per_class`` groups.
 """
 
 from __future__ import annotations
@@ -37,26 +39,6 @@ def _limit(frame: pd.DataFrame, seed: int, per_class: int) -> pd.DataFrame:
     return order.groupby("label").head(per_class).drop(columns="_pos").sort_values("path", ignore_index=True)
 
 
-def _lend(split: np.ndarray, labels: np.ndarray, group: np.ndarray, pos: np.ndarray,
-          cfg: PreprocessConfig) -> None:
-    """Give each class with 3 or more copy groups at least one group in every split: a split
-    that drew none takes, from the split with the most groups, the group positioned nearest to
-    its own range."""
-    tf, vf = cfg.test_fraction, cfg.val_fraction
-    centre = {"test": tf / 2, "val": tf + vf / 2, "train": (1 + tf + vf) / 2}
-    for lab in np.unique(labels):
-        mine = labels == lab
-        if len(np.unique(group[mine])) < 3:
-            continue
-        for name in ("train", "test", "val"):
-            held = {s: np.unique(group[mine & (split == s)]) for s in SPLITS}
-            if len(held[name]):
-                continue
-            donor = max(held, key=lambda s: len(held[s]))
-            chosen = min(held[donor], key=lambda g: (abs(pos[group == g][0] - centre[name]), g))
-            split[group == chosen] = name
-
-
 def split_manifest(manifest: pd.DataFrame, cfg: PreprocessConfig,
                    limit_per_class: int | None = None) -> pd.DataFrame:
     """Add a ``split`` column (``train``/``val``/``test``) by the module's rule; sorted by
@@ -70,8 +52,14 @@ def split_manifest(manifest: pd.DataFrame, cfg: PreprocessConfig,
     pos = np.array([position(cfg.seed, s) for s in smallest])
     split = np.where(pos < cfg.test_fraction, "test",
                      np.where(pos < cfg.test_fraction + cfg.val_fraction, "val", "train")).astype(object)
-    _lend(split, frame["label"].to_numpy(), group, pos, cfg)
     return frame.assign(split=split).sort_values(["split", "label", "path"]).reset_index(drop=True)
+
+
+def classes_without(splits: pd.DataFrame) -> dict[str, list[str]]:
+    """``{split: [classes]}``: for each split of ``SPLITS``, the classes of ``splits`` that have
+    no image in it (sorted; a small class can draw no group for a split)."""
+    classes = set(splits["label"])
+    return {name: sorted(classes - set(splits.loc[splits["split"] == name, "label"])) for name in SPLITS}
 
 
 def split_fingerprint(splits: pd.DataFrame, name: str = "test") -> str:

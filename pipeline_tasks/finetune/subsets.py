@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,19 @@ def labeled_subset(labels: torch.Tensor, fraction: float, seed: int,
     if per_class is not None:
         return stratified_subset(labels, seed, per_class=per_class)
     return stratified_subset(labels, seed, fraction=fraction)
+
+
+def require_every_class(labels: torch.Tensor, classes: Sequence[str]) -> None:
+    """``ValueError`` naming, by name, each of ``classes`` (index = label) that ``labels`` (the
+    labeled training subset, int64 ``[N]``) never holds: a class trained on 0 labels is never
+    predicted, and nothing else would say so."""
+    present = set(torch.unique(labels).tolist())
+    missing = [name for i, name in enumerate(classes) if i not in present]
+    if missing:
+        names = ", ".join(f"'{c}'" for c in missing)
+        raise ValueError(f"no training label of class(es) {names} in the labeled subset of the training "
+                         "split: fine-tuning would never predict them. Rerun preprocess (it refuses a class "
+                         "without training images) after adding different pictures of these classes")
 
 
 def step_budget(n_labeled: int, cfg: FinetuneConfig) -> tuple[int, int]:

@@ -34,6 +34,7 @@ from pipeline_tasks.data.cache import load_split_labels, open_images, recipe, vi
 from pipeline_tasks.finetune.subsets import (
     LABELS,
     labeled_subset,
+    require_every_class,
     save_label_budget,
     step_budget,
     stratified_subset,
@@ -216,7 +217,7 @@ def finetune_classifier(
     ``scratch`` builds the encoder of ``encoder_path`` with random weights; ``init`` with the
     starting weights ``init_path`` (``pretrain.init``, without self-supervised pretraining),
     trained like ``full``. Writes ``out_dir/out_name``: ``{"spec", "classes", "state_dict",
-    "preprocess"}``."""
+    "preprocess"}``. ``ValueError`` naming the classes the labeled subset holds no label of."""
     mode = mode or cfg.mode
     torch.manual_seed(cfg.seed)
     runtime = resolve_runtime(cfg.device, cfg.precision, "finetune")
@@ -224,6 +225,7 @@ def finetune_classifier(
     train_y = torch.from_numpy(load_split_labels(preprocessed_dir, "train"))
     val_y = torch.from_numpy(load_split_labels(preprocessed_dir, "val"))
     subset = labeled_subset(train_y, cfg.label_fraction, cfg.seed, cfg.labels_per_class)
+    require_every_class(train_y[subset], classes)
     val_subset = stratified_subset(val_y, cfg.seed, per_class=cfg.val_per_class)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     save_label_budget(Path(out_dir) / LABELS, subset, val_subset)

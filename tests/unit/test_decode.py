@@ -60,13 +60,13 @@ def _scaled(values: np.ndarray, bits: int) -> np.ndarray:
 
 def _high_depth() -> dict[str, Case]:
     full, twelve, dark = _levels(65535, np.uint16), _levels(4095, np.uint16), _levels(1000, np.uint16)
-    int32 = _levels(1_000_000, np.int32)
+    int32 = _levels(2**31 - 1, np.int32)
     floats = np.linspace(0, 1, S * S, dtype=np.float32).reshape(S, S)
     return {
         "16-bit full range": Case(_save(full), _scaled(full, 16), full, mode="I;16"),
-        "16-bit holding 12-bit data": Case(_save(twelve), _scaled(twelve, 12), twelve, mode="I;16"),
-        "16-bit dark": Case(_save(dark), _scaled(dark, 10), dark, mode="I;16"),
-        "32-bit integer": Case(_save(int32, fmt="TIFF"), _scaled(int32, 20), int32, ".tif", "I"),
+        "16-bit holding 12-bit data": Case(_save(twelve), _scaled(twelve, 16), twelve, mode="I;16"),
+        "16-bit dark": Case(_save(dark), _scaled(dark, 16), dark, mode="I;16"),
+        "32-bit integer": Case(_save(int32, fmt="TIFF"), _scaled(int32, 31), int32, ".tif", "I"),
         "float32 in [0, 1]": Case(_save(floats, fmt="TIFF"), (floats * 255).round().astype(np.uint8), floats,
                                   ".tif", "F"),
     }
@@ -190,11 +190,11 @@ def test_heic_is_refused_by_name(tmp_path: Path) -> None:
 
 
 def test_bit_depth_rule_on_arrays() -> None:
-    assert to_uint8(np.array([0, 4095], np.uint16)).tolist() == [0, 255]
+    assert to_uint8(np.array([0, 4095], np.uint16)).tolist() == [0, 16]  # 16-bit: by 65535
     assert to_uint8(np.array([0, 65535], np.uint16)).tolist() == [0, 255]
-    assert to_uint8(np.array([0, 200], np.int64)).tolist() == [0, 200]  # 8-bit values stay
-    assert to_uint8(np.array([-1.0, 1.0])).tolist() == [0, 255]  # outside [0, 1]: min-max
-    assert to_uint8(np.array([np.nan, 0.5])).tolist() == [0, 128]
+    assert to_uint8(np.array([-5, 16384, 32767], np.int16)).tolist() == [0, 128, 255]  # negatives: 0
+    assert to_uint8(np.array([-1.0, 2.0])).tolist() == [0, 255]  # floats outside [0, 1]: clipped
+    assert to_uint8(np.array([np.nan, 0.5, np.inf])).tolist() == [0, 128, 0]
 
 
 # ------------------------------------------------------------------------- JPEG draft (issue 15)

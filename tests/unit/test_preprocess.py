@@ -32,11 +32,15 @@ def test_split_is_stratified_in_expectation_disjoint_and_seeded() -> None:
     assert set(a[a.split == "test"].path) != set(other[other.split == "test"].path)
 
 
-def test_every_class_of_three_or_more_is_scored() -> None:
+def test_a_small_class_is_split_by_each_image_alone() -> None:
+    """No split is topped up from another: each image of a small class lands where it would
+    land alone, so growing the class can never move it."""
+    m = _manifest(3, classes=6)
     for seed in range(20):
-        s = split_manifest(_manifest(3, classes=6), PreprocessConfig(seed=seed))
-        counts = s.groupby(["label", "split"]).size().unstack(fill_value=0)
-        assert (counts["test"] >= 1).all() and (counts["val"] >= 1).all(), seed
+        cfg = PreprocessConfig(seed=seed)
+        s = split_manifest(m, cfg).set_index("path")["split"]
+        for path in s.index:
+            assert split_manifest(m[m["path"] == path], cfg)["split"].item() == s[path], (seed, path)
 
 
 def test_limit_per_class() -> None:
@@ -50,7 +54,7 @@ def test_tensor_cache(tiny_data: Path, tmp_path: Path) -> None:
     rec = preprocess_data(manifest, tiny_data, DataConfig(), PreprocessConfig(), tmp_path / "pre")
     assert rec.classes == tuple(str(c) for c in range(10))
     assert rec.n_train + rec.n_val + rec.n_test == 120
-    assert min(rec.n_val, rec.n_test) >= 10  # every class is selected and scored
+    assert min(rec.n_val, rec.n_test) > 0
     x, y = load_split(rec.out_dir, "train")
     assert x.dtype == torch.uint8 and tuple(x.shape[1:]) == (1, 28, 28)
     assert len(x) == len(y) == rec.n_train and set(y.tolist()) == set(range(10))

@@ -98,7 +98,7 @@ def test_good_data_passes_and_writes_report(tiny_data: Path, tmp_path: Path) -> 
     record = validate_data(tiny_data, CFG, tmp_path / "out")
     report = json.loads(Path(record.report_path).read_text())
     assert report["success"] and report["n_images"] == 120 and report["n_classes"] == 10
-    assert all(e["success"] for e in report["expectations"]) and len(report["expectations"]) == 10
+    assert all(e["success"] for e in report["expectations"]) and len(report["expectations"]) == 13
     assert (tmp_path / "out" / "data_docs" / "index.html").is_file()
     assert Path(record.manifest_path).is_file()
 
