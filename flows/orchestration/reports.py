@@ -122,7 +122,8 @@ def _threshold(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)  # GX may hand back 5 as 5.0
 
 
-FILE_CHECKS = ("refused_link", "bad_name", "decodes", "format", "width", "height", "label_conflict")
+FILE_CHECKS = ("refused_link", "bad_name", "decodes", "format", "width", "height", "label_conflict",
+               "path_clash")
 
 
 def _observed(check: dict[str, Any]) -> str:
@@ -130,7 +131,7 @@ def _observed(check: dict[str, Any]) -> str:
     observed = check.get("observed")
     if check.get("column") in FILE_CHECKS:
         return f"{observed or 0} files"
-    if check.get("column") in ("n_images", "imbalance"):
+    if check.get("column") in ("n_images", "imbalance", "n_distinct", "name_clash"):
         return f"{observed or 0} classes off"
     return _threshold(observed)
 

@@ -92,6 +92,8 @@ def test_prefect_shows_the_validation_summary(first: dict[str, Any]) -> None:
     assert "Data validation passed" in summary.data and "| 7 | 12 |" in summary.data
     assert "| image-files | every file decodes as an image | - | 0 files | ok |" in summary.data
     assert "| image-classes | images per class at least | 5 | 0 classes off | ok |" in summary.data
+    clash = "| image-files | no two file paths differ only by case or Unicode form | - | 0 files | ok |"
+    assert clash in summary.data
     results = Artifact.get("run-summary")  # the latest version: published after the aliases moved
     assert results is not None and "against scratch" in results.data
     assert f"{first['labels_used']} labels" in results.data
