@@ -8,9 +8,11 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flows.cli.errors import UserError, print_summary
 from flows.stages.artifacts import ArtifactPaths, RunContext
+from flows.stages.validate import manifest_cache
 from flows.tracking.dvc import (
     DvcError,
     commit_stage_outputs,
@@ -27,6 +29,9 @@ from pipeline_tasks.data.idx import find_idx_pairs, import_idx
 from pipeline_tasks.data.importers import IMAGE_SUFFIXES, import_folder, import_unlabeled
 from pipeline_tasks.data.listing import list_images, list_pool
 from pipeline_tasks.ssl import world
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 INIT_STAGES = ("pretrain", "finetune")  # the stages that read pretrain.init
 
@@ -184,6 +189,17 @@ def _recipe(cfg: PipelineConfig) -> tuple[int, str, str]:
     return cfg.data.image_size, cfg.data.resize, "params.yaml's data section"
 
 
+def _labeled(cfg: PipelineConfig) -> pd.DataFrame | None:
+    """The labeled images' manifest (every split; hashed once, then read from the gate's cache),
+    so that suggest-labels never suggests a copy of one; None without a data folder."""
+    from pipeline_tasks.data.manifest import build_manifest  # noqa: PLC0415
+
+    if not Path(cfg.data.dir).is_dir():
+        return None
+    manifest = build_manifest(cfg.data.dir, manifest_cache(cfg.data.dir))
+    return manifest[manifest["decodes"].astype(bool)]
+
+
 def cmd_suggest(args: argparse.Namespace) -> int:
     from pipeline_tasks.finetune.suggest import check_paths, suggest_labels  # noqa: PLC0415 - torch
     from pipeline_tasks.runtime import resolve_runtime  # noqa: PLC0415
@@ -197,7 +213,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         size, resize, source = _recipe(cfg)
         runtime = resolve_runtime(cfg.evaluate.device, cfg.evaluate.precision, "evaluate")
         rec = suggest_labels(pool, args.encoder, args.n, args.out, size, resize, args.seed, runtime.device,
-                             cfg.evaluate.batch_size, runtime.dtype)
+                             cfg.evaluate.batch_size, runtime.dtype, _labeled(cfg), manifest_cache(pool))
     except (DataError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     print(f"embedded {rec.n_embedded} images of {pool}/ with {args.encoder} ({size} px, {resize}: {source})")

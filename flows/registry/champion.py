@@ -1,10 +1,11 @@
 """The champion, re-scored on this run's test images: never on an image it saw.
 
-Every registered classifier carries ``seen_images.txt`` (the sha256 of every image it was
-trained, pretrained or selected on) inside its model. To compare, the champion's classifier is
-downloaded from the registry and run, in batches on the GPU when there is one, on this run's
-test images minus the ones it saw; the challenger's predictions on the same images come from
-the evaluate stage. The gate then tests the difference (``flows.registry.gate``).
+Every registered classifier carries ``seen_images.txt`` (``pipeline_tasks.data.seen``: every
+image it was trained, pretrained or selected on, with its hashes) inside its model. To compare,
+the champion's classifier is downloaded from the registry and run, in batches on the GPU when
+there is one, on this run's test images minus the ones it saw and their copies, exact or near by
+the one near-copy rule; the challenger's predictions on the same images come from the evaluate
+stage. The gate then tests the difference (``flows.registry.gate``).
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from flows.registry.gate import Comparison
 from pipeline_tasks.data.batches import Rows
 from pipeline_tasks.data.cache import open_images, recipe
 from pipeline_tasks.data.decode import load_image
+from pipeline_tasks.data.nearcopy import copies_of
+from pipeline_tasks.data.seen import read_seen
 from pipeline_tasks.evaluation.compare import mcnemar, paired_bootstrap
 from pipeline_tasks.models.classifier import classifier_recipe, load_classifier
 from pipeline_tasks.models.inference import predict_logits
 from pipeline_tasks.runtime import resolve_runtime
-
-SEEN = "seen_images.txt"  # written by the preprocess stage
 
 
 def _download(name: str, version: str) -> Path:
@@ -80,9 +81,8 @@ def compare_with_champion(name: str, champion: Any, metric: str, preprocessed_di
         return (f"champion version {champion.version} records no list of the images it was trained on, so "
                 "it cannot be scored without the risk of scoring it on them; move the alias by hand if you "
                 "trust it, or register under another register.model_name")
-    seen = set(seen_file.read_text().split())
     test = _test_rows(preprocessed_dir, predictions)
-    keep = ~test["sha256"].isin(seen).to_numpy()
+    keep = ~copies_of(test, read_seen(seen_file))
     if not keep.any():
         return f"every test image of this run was seen by champion version {champion.version}"
     theirs = _predict(classifier, test, keep, preprocessed_dir, data_dir)

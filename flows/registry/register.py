@@ -25,10 +25,11 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from flows.registry.aliases import move_aliases
-from flows.registry.champion import SEEN, compare_with_champion
+from flows.registry.champion import compare_with_champion
 from flows.registry.gate import Challenger, Comparison, Decision, decide
 from flows.registry.models import classifier_digest, log_registered_model, output_schema, same_version
 from pipeline_tasks.config import PipelineConfig
+from pipeline_tasks.data.seen import SEEN
 
 # The lifts a version carries as tags, each with its McNemar p-value (evaluation.evaluate.LIFTS).
 LIFT_TAGS = ("pretraining_lift", "pool_lift", "pipeline_lift", "lift_over_init")

@@ -24,12 +24,12 @@ rather than dHash: on small mostly-dark images dHash cannot tell copies from loo
 resize of a digit moves its 256-bit dHash by up to 20 bits while 4,378 pairs of distinct digits
 are within 24 bits). An image with too little information (its thumbnail spans fewer than
 ``MIN_RANGE`` grey levels: blank, flat, a black first GIF frame) gets no hash and never groups
-by it: flat images all hash alike and would be "copies" of each other (trust issue: 37 of 39
-distinct 16-bit scans became one group).
+by it: flat images all hash alike and would be "copies" of each other (37 of 39 distinct 16-bit
+scans became one group).
 
 Hamming search is exact: faiss's multi-hash index (``_index``), which finds every pair within
-``NEAR_BITS`` by the pigeonhole principle and checks each candidate on all 256 bits; grouping is
-a union-find over the pairs found.
+``NEAR_BITS`` by the pigeonhole principle and checks each candidate on all 256 bits; groups are
+the connected components of the pairs found (scipy).
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ import numpy as np
 import pandas as pd
 import scipy.fftpack
 from PIL import Image
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 HASH_SIZE = 16  # 16x16 = 256 bits
 CODE_BYTES = HASH_SIZE * HASH_SIZE // 8
@@ -175,26 +177,31 @@ def near_pairs(queries: Hashes, reference: Hashes | None = None,
 
 def group_ids(sha256s: Sequence[str], hashed: Hashes, max_bits: int = NEAR_BITS) -> np.ndarray:
     """Group id per image (the smallest index of its group): images with the same sha256 or
-    near pHashes (``near_pairs``) share a group, transitively (union-find)."""
-    parent = list(range(len(sha256s)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def union(a: int, b: int) -> None:
-        ra, rb = find(a), find(b)
-        parent[max(ra, rb)] = min(ra, rb)
-
+    near pHashes (``near_pairs``) share a group, transitively: the connected components of the
+    graph of copies (``scipy.sparse.csgraph.connected_components``)."""
+    n = len(sha256s)
     first: dict[str, int] = {}
-    for i, sha in enumerate(sha256s):
-        if isinstance(sha, str) and sha:
-            union(i, first.setdefault(sha, i))
-    for a, b, _ in near_pairs(hashed, max_bits=max_bits):
-        union(a, b)
-    return np.array([find(i) for i in range(len(sha256s))], dtype=np.int64)
+    edges = [(i, first.setdefault(sha, i)) for i, sha in enumerate(sha256s) if isinstance(sha, str) and sha]
+    edges += [(a, b) for a, b, _ in near_pairs(hashed, max_bits=max_bits)]
+    rows, cols = (np.array(side, dtype=np.int64) for side in zip(*edges, strict=True)) if edges else \
+        (np.empty(0, np.int64), np.empty(0, np.int64))
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    smallest = np.full(component.max(initial=-1) + 1, n, dtype=np.int64)
+    np.minimum.at(smallest, component, np.arange(n))
+    return smallest[component]
+
+
+def copies_of(queries: pd.DataFrame, reference: pd.DataFrame, max_bits: int = NEAR_BITS) -> np.ndarray:
+    """bool ``[len(queries)]``: True for a query row that is an exact (sha256) or near copy of
+    any ``reference`` row, by the one rule. Columns ``sha256``, ``phash`` (``phash_flips``
+    when present); a reference without hashes is matched by sha256 alone."""
+    shas = set(reference["sha256"].dropna()) - {""}
+    found = np.array(queries["sha256"].isin(shas), dtype=bool)
+    if "phash" in reference and "phash" in queries:
+        for q, _, _ in near_pairs(hashes(queries), hashes(reference), max_bits):
+            found[q] = True
+    return found
 
 
 def groups(manifest: pd.DataFrame, max_bits: int = NEAR_BITS) -> np.ndarray:

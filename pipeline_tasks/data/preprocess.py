@@ -25,6 +25,7 @@ from pipeline_tasks.config import DataConfig, PreprocessConfig
 from pipeline_tasks.data.cache import decode_into, images_file, labels_file, large_images_file, save_atomic
 from pipeline_tasks.data.errors import DataError
 from pipeline_tasks.data.manifest import read_manifest
+from pipeline_tasks.data.seen import SEEN, write_seen
 from pipeline_tasks.data.splits import SPLITS, classes_without, split_fingerprint, split_manifest
 
 VIEW_SPLITS = ("train", "pool")  # the splits training views are cut from
@@ -87,7 +88,7 @@ def preprocess_data(
     ``*_labels.npy`` (int64 ``[N]``), ``pool_images.npy`` (of ``pool`` = (pool manifest, pool
     folder); empty without one), ``splits.csv``, ``classes.json``, ``splits.json`` (sizes, the
     test split's fingerprint, and ``classes_without``: ``{"val": [...], "test": [...]}``, the
-    classes with no image there) and ``seen_images.txt``: the sha256 of every image a model
+    classes with no image there) and ``seen_images.txt`` (``data.seen``): every image a model
     trained on this cache may see (train, val and pool), which its registered version keeps."""
     out, root = Path(out_dir), Path(data_dir)
     splits = split_manifest(_read_manifest(manifest_path), cfg, data.limit_per_class)
@@ -105,8 +106,7 @@ def preprocess_data(
     pool_rows = pool_manifest["path"]
     pool_root = Path(pool[1]) if pool else root
     _decode(out, "pool", [pool_root / r for r in pool_rows], list(pool_manifest["sha256"]), data)
-    seen = set(splits.loc[splits["split"] != "test", "sha256"]) | set(pool_manifest["sha256"])
-    (out / "seen_images.txt").write_text("".join(f"{s}\n" for s in sorted(seen - {""})))
+    write_seen(out / SEEN, splits[splits["split"] != "test"], pool_manifest)
     splits.to_csv(out / "splits.csv", index=False)
     (out / "classes.json").write_text(json.dumps(list(classes)))
     record = PreprocessRecord(

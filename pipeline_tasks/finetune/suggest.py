@@ -22,11 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from pipeline_tasks.data.datasets import atomic_folder
 from pipeline_tasks.data.decode import SUFFIXES, DecodeError, load_image
 from pipeline_tasks.data.listing import BAD_NAME, list_pool
+from pipeline_tasks.data.manifest import build_manifest
+from pipeline_tasks.data.nearcopy import pool_copies
 from pipeline_tasks.evaluation.grids import suggestion_sheet
 from pipeline_tasks.models.encoders import Encoder
 from pipeline_tasks.models.inference import embed
@@ -131,6 +134,22 @@ def _decoded_batches(files: Sequence[Path], size: int, channels: int, resize: st
         yield (np.stack(images) if images else np.empty(shape, dtype=np.uint8)), kept, failed
 
 
+def without_copies(found: PoolImages, pool: Path, labeled: pd.DataFrame, cache: Path | None) -> PoolImages:
+    """``found`` minus the pool images that are exact or near copies (the one near-copy rule) of a
+    labeled image of any split: an image labelled since the last run (its original is still in the
+    pool), or a near copy of a test image, which labelled would leak the test split into training.
+    Each is named in ``left_out``. The pool's hashes come from its manifest (``cache``: the one the
+    validation gate keeps for the pool, so a validated pool is not decoded again)."""
+    manifest = build_manifest(pool, cache, pool=True)
+    copies = pool_copies(manifest[manifest["decodes"].astype(bool)], labeled)
+    if copies.empty:
+        return found
+    copied = {str(pool / p): f"{p}: a copy ({m}) of the labeled image {c}"
+              for p, c, m in copies[["path", "copy_of", "match"]].itertuples(index=False)}
+    return PoolImages([f for f in found.files if str(f) not in copied],
+                      found.left_out + [copied[str(f)] for f in found.files if str(f) in copied])
+
+
 def embed_files(encoder: Encoder, files: Sequence[Path], size: int, resize: str,
                 device: torch.device, batch: int = 256,
                 dtype: torch.dtype | None = None) -> tuple[np.ndarray, list[int], list[str]]:
@@ -203,16 +222,21 @@ def _write(out: Path, picks: Picks, files: Sequence[Path], sheet: np.ndarray) ->
 
 def suggest_labels(pool_dir: str | Path, encoder_path: str | Path, n: int, out_dir: str | Path,
                    image_size: int, resize: str, seed: int = 0, device: torch.device | None = None,
-                   batch: int = 256, dtype: torch.dtype | None = None) -> SuggestRecord:
+                   batch: int = 256, dtype: torch.dtype | None = None, labeled: pd.DataFrame | None = None,
+                   pool_cache: Path | None = None) -> SuggestRecord:
     """Embed every image of ``pool_dir`` with the encoder at ``encoder_path`` (decoded at
     ``image_size`` by ``resize``, the recipe it was trained on), pick ``n`` by ``pick_typical``
     and write them to ``out_dir`` (absent or empty; written whole or not at all):
     ``suggestions.csv`` (rank, file, pool_path, cluster, cluster_size, distance_to_centre),
-    ``contact_sheet.png`` and the ``n`` files copied. ``SuggestError`` (a ``ValueError``) for a
+    ``contact_sheet.png`` and the ``n`` files copied. With ``labeled`` (the labeled images'
+    manifest, every split), pool images that copy one of them are never suggested
+    (``without_copies``). ``SuggestError`` (a ``ValueError``) for a
     missing encoder, a bad ``out_dir`` or budget; ``DataError`` for a missing or empty pool."""
     pool, out = Path(pool_dir), Path(out_dir)
     check_paths(encoder_path, pool, out)
     found = pool_images(pool)
+    if labeled is not None:
+        found = without_copies(found, pool, labeled, pool_cache)
     check_budget(n, len(found.files))
     encoder, device = _load(Path(encoder_path)), device or torch.device("cpu")
     feats, kept, failed = embed_files(encoder, found.files, image_size, resize, device, batch, dtype)

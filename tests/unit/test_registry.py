@@ -15,13 +15,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from flows.registry.models import classifier_digest
 from flows.registry.register import RegisterRecord, apply_decision, register_model
 from flows.stages.artifacts import ArtifactPaths
 from pipeline_tasks.config import PipelineConfig
-from pipeline_tasks.data.manifest import build_manifest
+from pipeline_tasks.data.manifest import build_manifest, describe_file
 from pipeline_tasks.data.preprocess import PreprocessRecord, preprocess_data
+from pipeline_tasks.data.seen import SEEN, read_seen
 from pipeline_tasks.evaluation.evaluate import score
 from pipeline_tasks.models.classifier import load_classifier, save_classifier
 from pipeline_tasks.models.encoders import Classifier, Encoder, EncoderSpec
@@ -146,16 +148,27 @@ def test_the_champion_is_never_scored_on_images_it_saw(
         store: mlflow.MlflowClient, cfg: PipelineConfig, paths: ArtifactPaths, pre: PreprocessRecord,
         tiny_cfg: PipelineConfig, tmp_path: Path) -> None:
     """A champion trained on another split (another seed) has seen most of this run's test
-    images; they are left out of the comparison, and the reason says how many."""
+    images, and a near copy of one more; they are left out of the comparison, and the reason
+    says how many."""
     other = ArtifactPaths(tmp_path / "other")
     build_manifest(tiny_cfg.data.dir).to_csv(tmp_path / "manifest.csv", index=False)
     preprocess_data(tmp_path / "manifest.csv", tiny_cfg.data.dir, tiny_cfg.data,
                     tiny_cfg.preprocess.model_copy(update={"seed": 7}), other.preprocessed)
+    seen = read_seen(other.preprocessed / SEEN)
+    test = split_test_rows(paths)
+    exact = int(test["sha256"].isin(seen["sha256"]).sum())
+    assert 0 < exact < len(test) - 1
+    # and a copy of one more test image, turned a quarter and enlarged: a near copy, not the same bytes
+    unseen = test[~test["sha256"].isin(seen["sha256"])].iloc[0]
+    copy = tmp_path / "copy.png"
+    Image.open(Path(tiny_cfg.data.dir) / unseen["path"]).rotate(90).resize((56, 56)).save(copy)
+    row = describe_file(copy, "copy.png", "")
+    assert row["sha256"] != unseen["sha256"]
+    with open(other.preprocessed / SEEN, "a") as f:
+        f.write(f"{row['sha256']} {row['phash']} {row['phash_flips']}\n")
     champion = classifier(tmp_path, 1, pre.classes)
     apply_decision(register(champion, cfg, other))
-    seen = set((other.preprocessed / "seen_images.txt").read_text().split())
-    overlap = int(split_test_rows(paths)["sha256"].isin(seen).sum())
-    assert 0 < overlap < len(split_test_rows(paths))
+    overlap = exact + 1
     record = register(classifier(tmp_path, 2, pre.classes), cfg, paths)
     assert f"({overlap} left out that the champion trained or pretrained on)" in record.reason
     assert f"on the same {len(split_test_rows(paths)) - overlap} test images" in record.reason

@@ -171,3 +171,30 @@ def test_more_suggestions_than_pool_images_is_one_line(
     assert _suggest(tmp_path, monkeypatch, pool, encoder, "500") == 1
     assert "asked for 500 suggestions" in _one_line_error(capsys)
     assert not (tmp_path / "to_label").exists()
+
+
+def test_copies_of_labeled_images_are_never_suggested(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        pool: Path, encoder: Path) -> None:
+    """An image labelled since the last run (its original still in the pool) and a turned copy
+    of a test image: suggested, they would be labelled twice, or leak the test split into
+    training. Both are left out and named; the pool is not changed."""
+    rng = np.random.default_rng(1)
+    for name in ("disc", "checks"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(3):
+            image = Image.fromarray(_pattern(4 if name == "disc" else 3, rng))
+            image.save(tmp_path / "data" / name / f"{i}.png")
+    labelled = (tmp_path / "data" / "disc" / "0.png").read_bytes()
+    (pool / "a" / "labelled_since.png").write_bytes(labelled)
+    Image.open(tmp_path / "data" / "checks" / "1.png").rotate(90).save(pool / "b" / "turned.png")
+    before = _snapshot(pool)
+    assert _suggest(tmp_path, monkeypatch, pool, encoder, str(sum(SIZES))) == 0
+    out = capsys.readouterr().out
+    rows = csv.DictReader(open(tmp_path / "to_label" / "suggestions.csv"))
+    suggested = {Path(r["pool_path"]).name for r in rows}
+    assert "labelled_since.png" not in suggested and "turned.png" not in suggested
+    assert len(suggested) == sum(SIZES) and "left out 4 files" in out
+    assert "a/labelled_since.png: a copy (exact) of the labeled image disc/0.png" in out
+    assert "b/turned.png: a copy (near) of the labeled image checks/1.png" in out
+    assert _snapshot(pool) == before
