@@ -125,14 +125,17 @@ def main() -> None:
 
 
 def report(table: pd.DataFrame, what: str, seconds: float) -> None:
-    print(f"\n{what}; {seconds / 60:.1f} min; test accuracy, mean ± std over seeds (lift over scratch)")
+    print(f"\n{what}; {seconds / 60:.1f} min; test accuracy, mean ± std over seeds (pretraining's lift: "
+          "against scratch, or scratch + pool for a route with the pool stage)")
     modes = [m for m in MODES if m in set(table["mode"])]
-    print(f"{'budget':>7} {'labels':>6} | " + " | ".join(f"{m:^22}" for m in modes))
+    print(f"{'budget':>7} {'labels (train + val)':>20} | " + " | ".join(f"{m:^22}" for m in modes))
     for budget, rows in table.groupby("budget"):
         by = rows.set_index("mode")
-        cells = [f"{by.at[m, 'mean']:.4f} ± {by.at[m, 'std']:.4f} ({by.at[m, 'lift_points']:+.1f})"
+        lift = by["pretraining_lift_points"]
+        cells = [f"{by.at[m, 'mean']:.4f} ± {by.at[m, 'std']:.4f} ({lift[m]:+.1f})"
                  if m in by.index else f"{'-':^22}" for m in modes]
-        print(f"{budget:>7g} {int(rows['train_labels'].iloc[0]):>6} | " + " | ".join(cells))
+        labels = f"{int(rows['train_labels'].iloc[0])} + {int(rows['val_labels'].iloc[0])}"
+        print(f"{budget:>7g} {labels:>20} | " + " | ".join(cells))
 
 
 if __name__ == "__main__":

@@ -152,7 +152,7 @@ def main() -> None:
           f"images), test accuracy, mean +- std over seeds {seeds}:")
     for row in table.itertuples():
         print(f"  {row.mode:<8} {row.mean:.4f} +- {row.std:.4f}   "
-              f"lift over scratch {row.lift_points:+.1f} points")
+              f"lift over scratch {row.pretraining_lift_points:+.1f} points")
     print(f"  pixels   {np.mean(pixels):.4f} +- {np.std(pixels, ddof=1):.4f}   "
           "(softmax regression on raw pixels, weight decay chosen on validation)")
 

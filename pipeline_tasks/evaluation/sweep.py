@@ -106,7 +106,7 @@ def _one(sweep: Sweep, cfg: FinetuneConfig, mode: str, out: Path, trained: dict[
 def label_sweep(sweep: Sweep, budgets: Sequence[float], seeds: Sequence[int], modes: Sequence[str] = MODES,
                 on_row: Callable[[dict[str, Any]], None] = lambda row: None,
                 epochs: dict[float, int] | None = None) -> pd.DataFrame:
-    """One row per (budget, seed, mode): ``train_labels``, ``labels_used``, ``steps``,
+    """One row per (budget, seed, mode): ``train_labels``, ``val_labels``, ``labels_used``, ``steps``,
     ``val_accuracy``, ``test_accuracy`` and ``seconds``. ``epochs`` overrides
     ``finetune.epochs`` per budget. Base modes of ``+pool`` rows run first."""
     order = [m for m in MODES if m in modes]
@@ -122,7 +122,7 @@ def label_sweep(sweep: Sweep, budgets: Sequence[float], seeds: Sequence[int], mo
                 found = _one(sweep, cfg, mode, out, trained)
                 if mode not in needed:
                     row = {"mode": mode, "budget": budget, "seed": seed, "train_labels": n_train,
-                           "labels_used": n_train + n_val, **found,
+                           "val_labels": n_val, "labels_used": n_train + n_val, **found,
                            "seconds": round(time.perf_counter() - start, 1)}
                     on_row(row)
                     rows.append(row)
@@ -141,12 +141,18 @@ def _label_budget(sweep: Sweep, cfg: FinetuneConfig, out: Path) -> tuple[int, in
 
 
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per (budget, mode): mean and std of test accuracy over seeds, and the lift over scratch
-    in points (difference of the means)."""
+    """Per (budget, mode): mean and std of test accuracy over seeds, the labels used (training
+    and validation) and pretraining's lift in points (difference of the means) against the same
+    route from scratch: ``scratch + pool`` for a mode with the pool stage, ``scratch`` for one
+    without (NaN when that baseline was not run)."""
     table = rows.groupby(["budget", "mode"], sort=True)["test_accuracy"].agg(["mean", "std", "count"])
     table = table.reset_index()
-    scratch = table[table["mode"] == "scratch"].set_index("budget")["mean"]
-    table["lift_points"] = (table["mean"] - table["budget"].map(scratch)) * 100
-    labels = rows.groupby("budget")["train_labels"].max()
-    table.insert(1, "train_labels", table["budget"].map(labels))
+    means = table.set_index(["budget", "mode"])["mean"]
+    baseline = table["mode"].map(lambda m: "scratch+pool" if m.endswith("+pool") else "scratch")
+    table["pretraining_lift_points"] = [
+        (mean - means.get((budget, base), float("nan"))) * 100
+        for mean, budget, base in zip(table["mean"], table["budget"], baseline, strict=True)]
+    for column in ("val_labels", "train_labels"):
+        if column in rows:
+            table.insert(1, column, table["budget"].map(rows.groupby("budget")[column].max()))
     return table
