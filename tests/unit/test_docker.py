@@ -63,6 +63,8 @@ NOT_PASSED = {
           "schedule names its timezone",
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "`pretrainflow ui` (local servers) only; the stack runs its own",
     "MLFLOW_DISABLE_TELEMETRY": "`pretrainflow ui` (local servers) only; the stack runs its own",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "Prefect's temporary API only; the stack's worker "
+                                                        "talks to its Prefect server (PREFECT_API_URL)",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "flows/tracking/runs.py sets it to false unless the user did",
     "PRETRAINFLOW_ALLOW_PATHS": "read by a registered model where it is loaded (local batch use); the stack "
                                 "serves no model, and a model server must not set it",
