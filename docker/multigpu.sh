@@ -25,6 +25,7 @@ fi
 pretrainflow-pull-data
 pretrainflow stage validate "$@"
 pretrainflow stage preprocess "$@"
+pretrainflow stage start "$@"
 
 # --no-python: `pretrainflow` is a console script on PATH, not a Python file that torchrun
 # could hand to `python`.

@@ -14,6 +14,7 @@ HF_HUB = "hf-hub:"
 REGISTRY = "models:/"
 # Starts installed with the project (a wheel's file, no download): init -> the timm encoder it fits.
 PACKAGED = {"imagenet:efficientnet_lite0": "timm:tf_efficientnet_lite0"}
+IMAGENET_START = ("timm:tf_efficientnet_lite0", "imagenet:efficientnet_lite0")  # pretrain.start: imagenet
 
 
 def torchvision_init(init: str | None) -> tuple[str, str | None] | None:

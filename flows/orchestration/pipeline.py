@@ -289,7 +289,7 @@ def _train_and_register(validated: ValidationRecord, cfg: PipelineConfig, paths:
     source = source if source != ctx.parent_run_id else None
     registered = register_task(cfg, paths, ctx, results["evaluate"])
     metrics = _log_on_parent(paths, registered, source)
-    summary = {**model_rows(cfg, metrics),
+    summary = {**model_rows(cfg, metrics), "start": results["start"].record.reason,
                "labels_used": metrics["labels_used"], "train_labels": metrics["train_labels"],
                "val_labels": metrics["val_labels"], "test_images": metrics["test_images"],
                "pretrain_images": results["pretrain"].record.n_images,

@@ -30,6 +30,7 @@ class ArtifactPaths:
     root: Path = Path("artifacts")
     validation = _under("validation")
     preprocessed = _under("preprocessed")
+    start = _under("start")
     pretrain = _under("pretrain")
     finetune = _under("finetune")
     pool = _under("pool")

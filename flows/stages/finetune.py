@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import mlflow
 
 from flows.stages.artifacts import ArtifactPaths, RunContext, require, require_validated
+from flows.stages.start import started
 from flows.stages.starts import starting_weights
 from flows.tracking.runs import Curves, log_runtime, stage_run
 from pipeline_tasks.config import PipelineConfig
@@ -26,6 +27,7 @@ def run_finetune(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> 
     require_validated(paths)
     classes = tuple(json.loads(require(paths.preprocessed / "classes.json", "preprocess").read_text()))
     encoder = require(paths.pretrain / "encoder.pt", "pretrain")
+    cfg = started(cfg, paths)  # the init baseline starts from the start stage's weights
     params = {**cfg.section("finetune"), "pretrain_init": cfg.pretrain.init}
     with stage_run("finetune", ctx, cfg, params):
         curves = Curves()

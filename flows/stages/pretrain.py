@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import mlflow
 
 from flows.stages.artifacts import ArtifactPaths, RunContext, require, require_validated
+from flows.stages.start import started
 from flows.stages.starts import log_starting_weights, starting_weights
 from flows.tracking.runs import log_runtime, mlflow_log_metrics, stage_run
 from pipeline_tasks.config import PipelineConfig
@@ -26,6 +27,7 @@ def run_pretrain(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> 
 
     require_validated(paths)
     require(paths.preprocessed / "train_images.npy", "preprocess")
+    cfg = started(cfg, paths)  # the start stage's encoder and weights
     weights = starting_weights(cfg)
     train = partial(pretrain_encoder, paths.preprocessed, cfg.pretrain, paths.pretrain,
                     checkpoint_dir=paths.root / "checkpoints" / "pretrain", init_path=weights)

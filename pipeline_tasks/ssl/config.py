@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from pipeline_tasks.recipes import ENCODERS, TIMM, init_misfit, timm_name
 
@@ -32,6 +32,13 @@ class PretrainConfig(BaseModel):
     # (torchvision:resnet50[:IMAGENET1K_V2], timm:NAME[.TAG], hf-hub:ORG/REPO) or the ImageNet
     # start installed with the project, imagenet:efficientnet_lite0 (encoder timm:tf_efficientnet_lite0).
     init: str | None = None
+    # Where pretraining starts when init is null: scratch (random weights, pretrain.encoder),
+    # imagenet (the packaged ImageNet start: timm:tf_efficientnet_lite0 from
+    # imagenet:efficientnet_lite0, whatever pretrain.encoder says) or auto: on 3-channel data the
+    # start stage probes the run's labels (a logistic regression or k-NN on ImageNet features
+    # against one on the pixels, chosen on the validation labels) and takes ImageNet when its
+    # features beat the pixels by START_MARGIN; scratch on 1-channel data.
+    start: Literal["auto", "scratch", "imagenet"] = "auto"
     allow_download: bool = False  # fetch weights by name missing from the caches
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(256, ge=4)  # global, over all ranks
@@ -101,6 +108,13 @@ class PretrainConfig(BaseModel):
         if misfit:
             raise ValueError(misfit)
         return value
+
+    @model_validator(mode="after")
+    def _one_start(self) -> PretrainConfig:
+        if self.start == "imagenet" and self.init:
+            raise ValueError(f"pretrain.start: imagenet and pretrain.init: {self.init} name two starts; set "
+                             "pretrain.init: null (or pretrain.start: scratch to start from init)")
+        return self
 
     def augment_overrides(self) -> dict[str, float | None]:
         return {name: getattr(self, name) for name in AUGMENT_OPS}

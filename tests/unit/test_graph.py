@@ -69,8 +69,9 @@ def test_the_flow_the_cli_and_the_runners_follow_the_graph() -> None:
 
 def test_artifact_paths_are_the_graphs_outputs() -> None:
     paths = ArtifactPaths(REPO / graph.ARTIFACTS)
-    outs = {str(p.relative_to(REPO)) for p in (paths.validation, paths.preprocessed, paths.pretrain,
-                                               paths.finetune, paths.pool, paths.metrics, paths.registered)}
+    folders = (paths.validation, paths.preprocessed, paths.start, paths.pretrain, paths.finetune, paths.pool,
+               paths.metrics, paths.registered)
+    outs = {str(p.relative_to(REPO)) for p in folders}
     declared = {o for s in graph.STAGES for o in (*s.outs, *s.metrics, *s.untracked_outs)}
     assert outs == declared
     assert all(p.startswith(str(paths.plots.relative_to(REPO))) for s in graph.STAGES for p in s.plots)
@@ -80,6 +81,11 @@ def test_artifact_paths_are_the_graphs_outputs() -> None:
 CHANGE = {"data": "data.limit_per_class=3", "validate": "validate.min_width=9",
           "preprocess": "preprocess.seed=7", "pretrain": "pretrain.epochs=3",
           "pretrain.init": "pretrain.init=x.pt", "finetune": "finetune.lr=0.5",
+          "pretrain.start": "pretrain.start=scratch", "pretrain.encoder": "pretrain.encoder=resnet18",
+          "finetune.label_fraction": "finetune.label_fraction=0.5",
+          "finetune.labels_per_class": "finetune.labels_per_class=3",
+          "finetune.val_per_class": "finetune.val_per_class=3",
+          "finetune.seed": "finetune.seed=3",
           "finetune.augment": "finetune.augment=objects",
           "pool": "pool.steps=7", "evaluate": "evaluate.batch_size=7",
           "register": "register.min_improvement=0.5"}
