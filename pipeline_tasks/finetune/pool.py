@@ -9,7 +9,10 @@ pool images:
 - ``self_training`` (SimCLRv2's self-distillation, Chen et al. 2020, "Big Self-Supervised Models
   are Strong Semi-Supervised Learners"): the fine-tuned model, frozen, labels each pool image
   with soft targets (``softmax(logits / temperature)``); the student, the same network, matches
-  them on augmented views (cross-entropy with soft targets).
+  them on augmented views (cross-entropy with soft targets). With a ``teacher`` (another,
+  larger model and its own cache of the same images) it is distillation (Hinton et al. 2015):
+  the student learns the teacher's soft targets, so a small fast model serves what a big one
+  learned.
 - ``fixmatch`` (Sohn et al. 2020): the model's own prediction on a weak view of a pool image,
   when its confidence is at least ``pool.threshold``, is the hard target for a strong view of
   the same image; ``pool.thresholds: flexmatch`` uses FlexMatch's per-class thresholds instead
@@ -89,6 +92,19 @@ def _soft_targets(teacher: nn.Module, images: BatchSource, fabric: Fabric,
     chunks = [torch.arange(i, min(i + 512, len(images))) for i in range(0, len(images), 512)]
     logits = [predict_logits(teacher, batch, fabric.device, 512) for batch in images.batches(chunks)]
     return torch.softmax(torch.cat(logits) / temperature, 1).to(fabric.device)
+
+
+def _teacher_targets(teacher: tuple[Path, Path], unlabeled: BatchSource, fabric: Fabric,
+                     temperature: float) -> torch.Tensor:
+    """Soft targets of another model, ``teacher = (classifier, its preprocessed folder)``: the
+    same images, in the same order, cached at the teacher's own size (distillation into a
+    smaller, faster student)."""
+    model, _ = load_classifier(teacher[0])
+    images = _unlabeled(teacher[1], fabric.device)
+    if len(images) != len(unlabeled):
+        raise ValueError(f"{teacher[1]}: {len(images)} pool and training images, but the student's cache has "
+                         f"{len(unlabeled)}; preprocess both from the same manifests")
+    return _soft_targets(model.to(fabric.device), images, fabric, temperature)
 
 
 class PseudoLabels:
@@ -186,11 +202,14 @@ def _train(model: nn.Module, data: _Data, cfg: PoolConfig, fabric: Fabric,
 
 def learn_from_pool(preprocessed_dir: str | Path, classifier_path: str | Path, cfg: PoolConfig,
                     labels_path: str | Path, out_path: str | Path, augment: str,
-                    log_metrics: LogMetrics = lambda metrics, step: None) -> PoolRecord:
+                    log_metrics: LogMetrics = lambda metrics, step: None,
+                    teacher: tuple[Path, Path] | None = None) -> PoolRecord:
     """Continue the classifier at ``classifier_path`` on the pool by ``cfg.method``, with the
     labels fine-tuning used (``labels_path``: its ``labels.npz``) and its views (``augment``:
     ``finetune.augment``, see ``pool_views``); writes the model that did best on validation to
-    ``out_path``."""
+    ``out_path``.
+    ``teacher``: ``(classifier, preprocessed folder)`` of another model whose soft targets
+    ``self_training`` learns instead of its own (distillation)."""
     pre = Path(preprocessed_dir)
     torch.manual_seed(cfg.seed)
     runtime = resolve_runtime(cfg.device, cfg.precision, "pool")
@@ -201,7 +220,10 @@ def learn_from_pool(preprocessed_dir: str | Path, classifier_path: str | Path, c
     subset, val_subset = load_label_budget(labels_path)
     unlabeled = _unlabeled(pre, fabric.device)
     distil = cfg.method == "self_training"
-    targets = _soft_targets(model, unlabeled, fabric, cfg.temperature) if distil else None
+    if teacher and not distil:
+        raise ValueError("distillation from a teacher is pool.method: self_training")
+    targets = _teacher_targets(teacher, unlabeled, fabric, cfg.temperature) if teacher else \
+        _soft_targets(model, unlabeled, fabric, cfg.temperature) if distil else None
     labeled = BatchSource([open_images(pre, "train")], fabric.device, rows=subset.numpy())
     val = (Rows.select(open_images(pre, "val"), val_subset), val_y[val_subset])
     labeler = None if distil else PseudoLabels(cfg, len(unlabeled), len(classes), fabric.device)
