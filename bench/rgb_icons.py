@@ -62,6 +62,8 @@ def build_icon_set(themes: list[Path], size: str, out: Path, min_per_class: int)
     for theme in themes:
         for context, folder in sorted(_context_dirs(theme, size).items()):
             for f in sorted(folder.glob("*.png")):
+                if not f.resolve().is_file():  # a theme's link to an icon it does not ship
+                    continue
                 digest = hashlib.sha256(f.resolve().read_bytes()).hexdigest()
                 if digest not in seen:
                     seen.add(digest)
