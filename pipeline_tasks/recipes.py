@@ -59,15 +59,17 @@ def init_misfit(init: str | None, encoder: str) -> str | None:
 
 
 # A preset is a list of --set overrides applied over the params file and under each --set.
-# photos: RGB photographs from ImageNet weights. 224 px views cut from a 256 px cache (as
-# torchvision's ImageNet recipe crops 224 from images resized to 256), the ImageNet stem
-# (small_stem auto is off at 224 px), SimCLR's natural-image views, flips and colour in
-# fine-tuning. ImageNet's input normalisation follows from the torchvision weights.
+# photos: RGB photographs, from ImageNet's weights, offline, sized for a CPU: the packaged
+# EfficientNet-Lite0 (4.7M parameters) at 96 px (training views cut from a 112 px cache, as
+# ImageNet's recipe crops 224 from 256), a few epochs of SimCLR continuing its weights at a low
+# rate (domain-adaptive pretraining, not a restart), natural-image views, and step budgets that
+# keep about 2,000 photos under 15 minutes on a 2-core CPU (bench/transfer.py: Lite0 trains at
+# about 125 images/s at 96 px there).
 PRESETS: dict[str, tuple[str, ...]] = {
     "photos": (
-        "data.image_size=224", "data.cache_size=256", "data.channels=3",
-        "pretrain.encoder=resnet50", "pretrain.init=torchvision:resnet50", "pretrain.small_stem=auto",
-        "pretrain.augment=simclr", "finetune.augment=natural",
+        "data.image_size=96", "data.cache_size=112", "data.channels=3", "pretrain.start=imagenet",
+        "pretrain.augment=simclr", "pretrain.epochs=5", "pretrain.batch_size=128", "pretrain.lr=0.0005",
+        "finetune.augment=natural", "finetune.min_steps=200", "pool.steps=100", "pool.unlabeled_batch=64",
     ),
     # objects: grayscale objects (Fashion-MNIST, products, parts) whose mirror image is the same
     # class: flips in pretraining's views, in fine-tuning's and in the pool stage's weak and strong
