@@ -93,7 +93,8 @@ STAGES: tuple[Stage, ...] = (
           "semi-supervised learning on the unlabeled pool, from the fine-tuned classifier and from "
           "the scratch baseline",
           ("pool", "finetune.augment"), _a("preprocessed", "finetune"), _a("pool"),
-          proof=_a(*(f"pool/{f}" for f in ("classifier.pt", "baseline.pt", "summary.json", LINEAGE)))),
+          proof=_a(*(f"pool/{f}" for f in ("classifier.pt", "baseline.pt", "init_baseline.pt", "summary.json",
+                                           LINEAGE)))),
     Stage("evaluate", "evaluate-classifier",
           "scores on the held-out test split, against the baselines and the reference points",
           ("evaluate",), _a("preprocessed", "pretrain", "finetune", "pool"), (),

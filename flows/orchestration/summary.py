@@ -19,9 +19,10 @@ from pipeline_tasks.config import PipelineConfig
 LIFTS = {"pretraining_lift": "pretraining: against scratch + the same pool stage",
          "pool_lift": "the pool stage: against the model before it",
          "pipeline_lift": "the whole pipeline: against scratch on the labels alone",
-         "lift_over_init": "self-supervised pretraining: against the starting weights fine-tuned"}
+         "lift_over_init": "self-supervised pretraining: against the starting weights fine-tuned (and pooled "
+                           "when the model was)"}
 BASELINES = ("scratch_pool_test_accuracy", "pretrained_test_accuracy", "scratch_test_accuracy",
-             "init_test_accuracy", "pixels_test_accuracy", "encoder_test_accuracy")
+             "init_pool_test_accuracy", "init_test_accuracy", "pixels_test_accuracy", "encoder_test_accuracy")
 
 
 def lift_text(points: float, p_value: float, what: str) -> str:

@@ -17,9 +17,9 @@ if TYPE_CHECKING:
 
 
 def run_evaluate(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> EvaluateRecord:
-    """Baselines by what they lack (``evaluation.evaluate.LIFTS``): ``scratch`` (no pretraining,
-    no pool), ``scratch_pool`` (no pretraining), ``pretrained`` (no pool stage) and ``init`` (the
-    starting weights without self-supervised pretraining)."""
+    """Baselines by what they lack (``evaluation.evaluate.lift_names``): ``scratch`` (no
+    pretraining, no pool), ``scratch_pool`` (no pretraining), ``pretrained`` (no pool stage),
+    ``init`` and ``init_pool`` (the starting weights without self-supervised pretraining)."""
     from pipeline_tasks.evaluation.evaluate import evaluate_classifier  # noqa: PLC0415
     from pipeline_tasks.finetune.subsets import LABELS  # noqa: PLC0415
 
@@ -27,7 +27,8 @@ def run_evaluate(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> 
     classifier = final_classifier(paths)
     trained = json.loads(require(paths.finetune / "summary.json", "finetune").read_text())["classifier"]
     candidates = {"scratch": paths.finetune / "baseline.pt", "init": paths.finetune / "init_baseline.pt",
-                  "pretrained": paths.finetune / "classifier.pt", "scratch_pool": paths.pool / "baseline.pt"}
+                  "pretrained": paths.finetune / "classifier.pt", "scratch_pool": paths.pool / "baseline.pt",
+                  "init_pool": paths.pool / "init_baseline.pt"}
     baselines = {name: path for name, path in candidates.items() if path.is_file() and path != classifier}
     with stage_run("evaluate", ctx, cfg, cfg.section("evaluate")):
         record = evaluate_classifier(

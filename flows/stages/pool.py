@@ -1,9 +1,9 @@
 """The ``pool`` stage: from the fine-tuned classifier, learn from the unlabeled images
 (``pool.method``); ``pool/classifier.pt`` is then the run's model. The same stage runs from the
-scratch baseline too (``pool/baseline.pt``: same steps, seed, labels and pool), so that
-pretraining's lift is measured against the model that differs from this one in pretraining
-alone. ``pool.method: none`` writes only ``summary.json`` and the fine-tuned classifier stays
-the model."""
+baselines too (``pool/baseline.pt`` from scratch, ``pool/init_baseline.pt`` from the starting
+weights: same steps, seed, labels and pool), so that each lift is measured against a model that
+differs from this one in one thing alone. ``pool.method: none`` writes only ``summary.json``
+and the fine-tuned classifier stays the model."""
 
 from __future__ import annotations
 
@@ -20,7 +20,10 @@ from pipeline_tasks.config import PipelineConfig
 if TYPE_CHECKING:
     from pipeline_tasks.finetune.pool import PoolRecord
 
-OUTPUTS = {"classifier": "classifier.pt", "baseline": "baseline.pt"}  # from finetune's file of the same name
+# From fine-tuning's file of the same name: the run's model, and the baselines it is compared with
+# (from scratch; from the starting weights without self-supervised pretraining), so that each
+# lift compares two models that went through the same pool stage.
+OUTPUTS = {"classifier": "classifier.pt", "baseline": "baseline.pt", "init_baseline": "init_baseline.pt"}
 
 
 def _prefixed(prefix: str) -> Callable[[dict[str, float], int], None]:
@@ -44,7 +47,8 @@ def run_pool(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> Pool
         for role, name in OUTPUTS.items():
             start = paths.finetune / name
             if start.is_file():
-                log = mlflow_log_metrics if role == "classifier" else _prefixed("scratch_")
+                log = mlflow_log_metrics if role == "classifier" else _prefixed(
+                    "scratch_" if role == "baseline" else "init_")
                 records[role] = learn_from_pool(paths.preprocessed, start, cfg.pool, paths.finetune / LABELS,
                                                 paths.pool / name, cfg.finetune.augment, log)
         record = records["classifier"]

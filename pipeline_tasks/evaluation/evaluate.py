@@ -64,21 +64,23 @@ def score(preprocessed_dir: str | Path, classifier_path: str | Path, batch_size:
 PIXEL_CHUNK_BYTES = 64 << 20  # of float64 test pixels the pixel references hold at once
 
 
-def lift_names(baselines: dict[str, Path]) -> dict[str, str]:
+def lift_names(baselines: dict[str, Path]) -> dict[str, str | None]:
     """Baseline name -> the prefix of the lift metrics (points and McNemar p-value) against it,
-    each lift named for the one thing the model has and the baseline lacks:
+    each lift named for the one thing the model has and the baseline lacks (None: the baseline
+    differs in more than one thing; its accuracy is reported, no lift):
 
     - ``scratch_pool`` (the same network from scratch, through the same pool stage): the
       ``pretraining_lift``;
     - ``pretrained`` (the fine-tuned model before the pool stage): the ``pool_lift``;
     - ``scratch`` (from scratch on the labels alone): the ``pipeline_lift`` when the pool stage
       ran, else the ``pretraining_lift`` (then the model differs from it in pretraining only);
-    - ``init`` (the starting weights fine-tuned without self-supervised pretraining): the
-      ``lift_over_init``.
+    - ``init_pool``, or ``init`` without a pool stage (the starting weights fine-tuned without
+      self-supervised pretraining): the ``lift_over_init``.
     """
     pooled = "pretrained" in baselines
     return {"scratch_pool": "pretraining_lift", "pretrained": "pool_lift",
-            "scratch": "pipeline_lift" if pooled else "pretraining_lift", "init": "lift_over_init"}
+            "scratch": "pipeline_lift" if pooled else "pretraining_lift",
+            "init_pool": "lift_over_init", "init": None if pooled else "lift_over_init"}
 
 
 def evaluate_classifier(
@@ -105,9 +107,10 @@ def evaluate_classifier(
     for name, path in (baselines or {}).items():
         base = score(preprocessed_dir, path, cfg.batch_size, runtime)[0].argmax(1)
         paired = mcnemar(y_pred == y_true, base == y_true)
-        metrics.update({f"{name}_test_accuracy": paired.score_b,
-                        f"{lifts[name]}_points": round(paired.difference_points, 2),
-                        f"{lifts[name]}_p_value": paired.p_value})
+        metrics[f"{name}_test_accuracy"] = paired.score_b
+        if lifts[name] is not None:
+            metrics.update({f"{lifts[name]}_points": round(paired.difference_points, 2),
+                            f"{lifts[name]}_p_value": paired.p_value})
         predictions[f"{name}_predicted"] = [classes[i] for i in base]
         per_model[name] = base
     if references is not None:
@@ -185,6 +188,7 @@ def _test_shas(preprocessed_dir: str | Path, n: int) -> list[str]:
 
 BASELINE_LABELS = {"pretrained_test_accuracy": "pretrained, no pool", "scratch_test_accuracy": "scratch",
                    "scratch_pool_test_accuracy": "scratch + pool",
+                   "init_pool_test_accuracy": "starting weights + pool",
                    "init_test_accuracy": "starting weights", "pixels_test_accuracy": "pixels",
                    "encoder_test_accuracy": "frozen encoder"}
 
