@@ -4,7 +4,7 @@ reused from the cache for files whose size and mtime are unchanged), side by sid
     python bench/validate_throughput.py                 # Fashion-MNIST from Debian's package
     python bench/validate_throughput.py --data DIR      # any <class>/<image> folder
 
-Goal (issue 3): the warm pass over Fashion-MNIST's 70,000 images is at least 20x faster.
+Goal: the warm pass over Fashion-MNIST's 70,000 images is at least 20x faster.
 The cold pass reads files the OS may already cache (they were just written), so the ratio
 understates what a user sees after a reboot.
 """

@@ -1,6 +1,6 @@
 """Moving the ``champion`` alias as a compare-and-set: only when the champion is still the one
-the decision was made against (trust issue: two runs read the same champion, both decided to
-promote, and the later one silently won).
+the decision was made against: two runs that read the same champion and both decide to promote
+must not both win, the later one silently.
 
 MLflow has no atomic compare-and-set on aliases, so the move happens under a lock that every
 tracking store provides: creating a registered model is refused when the name exists (a unique

@@ -61,8 +61,8 @@ def require(path: Path, stage: str) -> Path:
 
 def require_validated(paths: ArtifactPaths) -> dict[str, Any]:
     """The validation report, when the gate opened. A stage never consumes the outputs of a
-    failed check (trust issue: ``dvc repro -s preprocess`` split the manifest a failed check
-    left behind): the report's verdict decides, not a file's existence."""
+    failed check (``dvc repro -s preprocess`` would split the manifest a failed check left
+    behind): the report's verdict decides, not a file's existence."""
     report = json.loads(require(paths.validation / "report.json", "validate").read_text())
     if not report.get("success"):
         failed = "; ".join(f"{f['expectation']} on {f['column'] or 'the class table'} ({f['suite']})"

@@ -33,8 +33,8 @@ class TrackingError(RuntimeError):
 
 def tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///mlflow.db``; a relative sqlite path
-    resolves against the project root, never the working directory (trust issue: ``predict``
-    run inside a class folder created ``mlflow.db`` there, and the next validation failed)."""
+    resolves against the project root, never the working directory (``predict`` run inside a
+    class folder must not create ``mlflow.db`` there: the next validation would fail on it)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return f"sqlite:///{project_root() / uri.removeprefix('sqlite:///')}"

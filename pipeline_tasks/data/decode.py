@@ -1,6 +1,6 @@
 """One decode path for every image a user has: a file, its bytes, base64 text or a pixel array,
-in the pool, in training, in serving and in hashing (trust issue: the same 16-bit picture was
-black as a file and grey as an array, and clipped to zero for the hash).
+in the pool, in training, in serving and in hashing: the same picture must give the same pixels
+whatever container it comes in.
 
 The rules, in order:
 

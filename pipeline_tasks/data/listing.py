@@ -67,9 +67,9 @@ def find_litter(root: str | Path) -> list[str]:
 
 
 def stat_key(st: os.stat_result) -> str:
-    """What proves a file unchanged since it was read: size, mtime, inode and ctime (trust issue:
-    files unpacked from one archive share an mtime, and BMP, PGM or raw TIFF files of one shape
-    share a size; a rewrite in place still changes the ctime, a replacement the inode)."""
+    """What proves a file unchanged since it was read: size, mtime, inode and ctime (files
+    unpacked from one archive share an mtime, and BMP, PGM or raw TIFF files of one shape share a
+    size; a rewrite in place still changes the ctime, a replacement the inode)."""
     return f"v{CACHE_VERSION}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_ctime_ns}"
 
 

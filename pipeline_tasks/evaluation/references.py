@@ -1,6 +1,6 @@
 """Reference points on every run, with the run's own labels: what raw pixels and the frozen
-encoder are worth before any fine-tuning (few-labels issue: the encoder scored no better than
-a logistic regression on raw pixels, and nothing on the run said so).
+encoder are worth before any fine-tuning: whether the encoder learned more than the pixels
+already hold, said on every run.
 
 - ``pixels``: a logistic regression and a k-NN on the raw pixels (scaled to [0, 1]);
 - ``encoder``: a k-NN (cosine) and a linear probe (logistic regression) on its embeddings.

@@ -1,6 +1,5 @@
 """The pool stage: learning from the unlabeled images after fine-tuning, as the methods that win
-few-label benchmarks do (few-labels issue: after pretraining the pool sat unused and fine-tuning
-saw 40 images).
+few-label benchmarks do: fine-tuning alone sees only the labeled images, a few dozen.
 
 Two methods, both starting from the fine-tuned classifier and trained for ``pool.steps`` steps,
 each step a batch of labeled images (weak views, cross-entropy) and ``pool.unlabeled_batch``

@@ -6,9 +6,9 @@ order, the order generator and every rank's augmentation and global RNG state, s
 continues its own random stream.
 
 It is keyed by a fingerprint of everything that changes the result: the settings, the code of
-the training modules, the content of the images trained on and the starting weights (trust
-issue: a checkpoint keyed by settings and image counts resumed a finished run after a code fix
-or new pixels, trained 0 steps and wrote the old encoder again). A run that finishes retires
+the training modules, the content of the images trained on, the starting weights and the world
+size: a checkpoint keyed by less (settings and image counts) would resume a finished run after a
+code fix or new pixels, train 0 steps and write the old encoder again. A run that finishes retires
 its checkpoint, so a finished run is never "resumed"; ``--no-cache`` and ``dvc repro`` retrain.
 """
 
