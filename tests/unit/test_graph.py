@@ -11,7 +11,7 @@ import yaml
 
 from flows.cli.main import build_parser
 from flows.orchestration import graph
-from flows.orchestration.pipeline import COMPUTE_STAGES
+from flows.orchestration.tasks import COMPUTE_STAGES
 from flows.stages.artifacts import ArtifactPaths
 from flows.stages.runners import runner
 from pipeline_tasks.config import load_config
@@ -115,7 +115,7 @@ def test_the_cache_key_reads_the_starting_weights_content() -> None:
     """``pretrain.init: models:/pretrainflow-encoder/latest`` names another file once a new
     encoder is registered: the stages that read it (pretrain, finetune) key on the file's
     sha256, the others do not."""
-    from flows.orchestration.pipeline import cache_key
+    from flows.orchestration.tasks import cache_key
 
     cfg = load_config(PARAMS, ["pretrain.init=models:/pretrainflow-encoder/latest"])
     for stage in ("pretrain", "finetune"):

@@ -1,4 +1,5 @@
-"""The layout's two rules: pipeline_tasks/ is framework-free (it runs on a bare GPU box) and
+"""The layout's rules: pipeline_tasks/ is framework-free (it runs on a bare GPU box), flows/ is in packages
+by concern, no module is long, and
 no project module takes part in an import circle."""
 
 from __future__ import annotations
@@ -92,3 +93,17 @@ def test_the_validate_stage_process_imports_no_torch(tmp_path: Path, tiny_data: 
     assert "great_expectations" in imported and (tmp_path / "artifacts/validation/report.json").is_file()
     heavy = imported & {"torch", "torchvision", "lightning_fabric"}
     assert not heavy, f"stage validate imported {sorted(heavy)}"
+
+
+def test_flows_is_in_packages_by_concern_each_saying_what_lives_there() -> None:
+    """``flows/`` has no flat module; each of its packages says in its ``__init__`` what lives
+    there; no module of the product grows past ~300 lines."""
+    assert not [p.name for p in (REPO / "flows").glob("*.py") if p.name != "__init__.py"]
+    packages = sorted(p for p in (REPO / "flows").iterdir() if (p / "__init__.py").is_file())
+    assert [p.name for p in packages] == ["cli", "orchestration", "registry", "stages", "tracking"]
+    for package in packages:
+        doc = ast.get_docstring(ast.parse((package / "__init__.py").read_text()))
+        assert doc and doc.count(". ") == 0 and doc.endswith("."), package.name  # one sentence
+    long = {str(p.relative_to(REPO)): n for root in ("flows", "pipeline_tasks")
+            for p in (REPO / root).rglob("*.py") if (n := len(p.read_text().splitlines())) > 300}
+    assert not long, long
