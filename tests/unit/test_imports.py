@@ -1,6 +1,5 @@
-"""The layout's rules: pipeline_tasks/ is framework-free (it runs on a bare GPU box), flows/ is in packages
-by concern, no module is long, and
-no project module takes part in an import circle."""
+"""The layout's rules: pipeline_tasks/ is framework-free (it runs on a bare GPU box), flows/ is in
+packages by concern, no module is long, and no project module takes part in an import circle."""
 
 from __future__ import annotations
 
