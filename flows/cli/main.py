@@ -35,8 +35,8 @@ def _params_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one param, e.g. --set pretrain.epochs=2 (repeatable)")
     p.add_argument("--allow-download", action="store_true",
-                   help="fetch a pretrain.init torchvision:NAME missing from torch.hub's cache "
-                        "(= --set pretrain.allow_download=true)")
+                   help="fetch weights by name (pretrain.init torchvision:, timm:, hf-hub:) missing from "
+                        "their cache (= --set pretrain.allow_download=true)")
 
 
 def _expand(args: argparse.Namespace) -> None:
@@ -97,18 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _data_parsers(data: argparse.ArgumentParser) -> None:
     dsub = data.add_subparsers(dest="data_command", required=True)
-    builtin = dsub.add_parser("builtin", help="write a built-in dataset (offline), then `dvc add` it")
+    builtin = dsub.add_parser("builtin", help="write a built-in dataset (offline)")
     builtin.add_argument("name", choices=["mnist-5k"])
     builtin.add_argument("--out", default="data", help="destination folder (default: data)")
     builtin.add_argument("--limit-per-class", type=int, default=None, metavar="N")
     _split_args(builtin)
     folder = dsub.add_parser("import-folder",
-                             help="copy a <class>/<image> tree (never moved), then `dvc add`")
+                             help="copy a <class>/<image> tree (never moved)")
     folder.add_argument("path", help="source folder, one sub-folder per class")
     folder.add_argument("--out", default="data", help="destination folder (default: data)")
     folder.add_argument("--limit-per-class", type=int, default=None, metavar="N",
                         help="copy at most N images per class (the first in path order)")
-    idx = dsub.add_parser("import-idx", help="import MNIST-format idx files (gzipped or not), then `dvc add`")
+    idx = dsub.add_parser("import-idx", help="import MNIST-format idx files (gzipped or not)")
     idx.add_argument("files", nargs="+", metavar="IMAGES LABELS | FOLDER",
                      help="pairs of images/labels idx files, or one folder holding *-images-idx3-ubyte[.gz] "
                           "and *-labels-idx1-ubyte[.gz] (e.g. /usr/share/datasets/fashion-mnist)")
@@ -118,8 +118,8 @@ def _data_parsers(data: argparse.ArgumentParser) -> None:
                      help="folder name for label 0, 1, ... (default: the label number)")
     _split_args(idx)
     pool = dsub.add_parser("import-unlabeled",
-                           help="copy images without labels (any folder layout) as the unlabeled pool, "
-                                "then `dvc add`")
+                           help="copy images without labels (any folder layout) as the unlabeled pool "
+                                "(`pretrainflow run` records it with dvc add once it passes the gate)")
     pool.add_argument("path", help="source folder; every image under it is copied (never moved)")
     pool.add_argument("--out", default="unlabeled", help="destination folder (default: unlabeled)")
     _suggest_parser(dsub.add_parser(

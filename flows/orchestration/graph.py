@@ -81,12 +81,14 @@ STAGES: tuple[Stage, ...] = (
           ("pretrain.start", "pretrain.init", "pretrain.encoder", "finetune.label_fraction",
            "finetune.labels_per_class", "finetune.val_per_class", "finetune.seed"),
           _a("preprocessed"), _a("start"), proof=_a("start/start.json", f"start/{LINEAGE}")),
+    # pretraining and fine-tuning read the start's decision alone (start.json), not its probe's
+    # numbers (probe.json): a new label budget that keeps the decision retrains nothing
     Stage("pretrain", "pretrain-encoder", "self-supervised pretraining of the encoder (labels unused)",
-          ("pretrain",), _a("preprocessed", "start"), _a("pretrain"),
+          ("pretrain",), _a("preprocessed", "start/start.json"), _a("pretrain"),
           proof=_a("pretrain/encoder.pt", f"pretrain/{LINEAGE}")),
     Stage("finetune", "finetune-classifier",
           "fine-tuning on the labeled subset, and the from-scratch baseline",
-          ("finetune", "pretrain.init"), _a("preprocessed", "start", "pretrain"), _a("finetune"),
+          ("finetune", "pretrain.init"), _a("preprocessed", "start/start.json", "pretrain"), _a("finetune"),
           proof=_a(*(f"finetune/{f}" for f in ("classifier.pt", "baseline.pt", "init_baseline.pt",
                                                "summary.json", "labels.npz", LINEAGE)))),
     Stage("pool", "learn-from-pool",
@@ -114,8 +116,9 @@ _WRITER = {out: s.name for s in STAGES for out in (*s.outs, *s.metrics)}
 
 
 def upstream(stage: str) -> tuple[str, ...]:
-    """The stages whose outputs ``stage`` reads, in the graph's order."""
-    found = {_WRITER[d] for d in BY_NAME[stage].deps if d in _WRITER}
+    """The stages whose outputs (or a file inside them) ``stage`` reads, in the graph's order."""
+    found = {writer for d in BY_NAME[stage].deps for out, writer in _WRITER.items()
+             if d == out or d.startswith(f"{out}/")}
     return tuple(n for n in NAMES if n in found)
 
 

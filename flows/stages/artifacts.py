@@ -126,14 +126,17 @@ def forget_lineage(paths: ArtifactPaths, stage: str) -> None:
 
 def record_lineage(paths: ArtifactPaths, stage: str, cfg: PipelineConfig, inputs: dict[str, str],
                    content: str = "") -> None:
-    """Write the stage's lineage: its id (a sha256 over the stage, the params it reads, its
-    code, its inputs' ids and ``content``, the data digest for the gate) and its inputs' ids."""
+    """Write the stage's lineage: its id and its inputs' ids. The id is a sha256 over the stage
+    and ``content`` when the stage's outputs have a content identity (the gate's data digest, the
+    start's decision: a new param that changes nothing there stales nothing downstream), else
+    over the stage, the params it reads, its code and its inputs' ids (its recipe)."""
     file = _lineage_file(paths, stage)
     if file is None:
         return
-    blob = json.dumps({"stage": stage, "params": cfg.section_digest(*graph.BY_NAME[stage].params),
-                       "code": graph.code_digest(stage), "inputs": inputs, "content": content},
-                      sort_keys=True)
+    recipe = {"stage": stage, "content": content} if content else {
+        "stage": stage, "params": cfg.section_digest(*graph.BY_NAME[stage].params),
+        "code": graph.code_digest(stage), "inputs": inputs}
+    blob = json.dumps(recipe, sort_keys=True)
     file.parent.mkdir(parents=True, exist_ok=True)
     file.write_text(json.dumps({"stage": stage, "id": hashlib.sha256(blob.encode()).hexdigest(),
                                 "inputs": inputs}, indent=2) + "\n")

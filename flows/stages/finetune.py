@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING
 import mlflow
 
 from flows.stages.artifacts import ArtifactPaths, RunContext, require, require_validated
-from flows.stages.start import started
-from flows.stages.starts import starting_weights
+from flows.stages.starts import started, starting_weights
 from flows.tracking.runs import Curves, log_runtime, stage_run
 from pipeline_tasks.config import PipelineConfig
 

@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING
 import mlflow
 
 from flows.stages.artifacts import ArtifactPaths, RunContext, require, require_validated
-from flows.stages.start import started
-from flows.stages.starts import log_starting_weights, starting_weights
+from flows.stages.starts import log_starting_weights, started, starting_weights
 from flows.tracking.runs import log_runtime, mlflow_log_metrics, stage_run
 from pipeline_tasks.config import PipelineConfig
 from pipeline_tasks.ssl import world

@@ -33,5 +33,12 @@ def run_stage(stage: str, cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunCon
         forget_lineage(paths, stage)
     record = runner(stage)(cfg, paths, ctx, **kwargs)
     if main:
-        record_lineage(paths, stage, cfg, inputs, getattr(record, "data_digest", ""))
+        record_lineage(paths, stage, cfg, inputs, _content(record))
     return record
+
+
+def _content(record: Any) -> str:
+    """What identifies a stage's outputs by their content, where a stage has such a thing: the
+    gate's data digest, the start's decision ("" for the others: their recipe identifies them)."""
+    return str(getattr(record, "data_digest", "") or getattr(record, "decision", ""))
+

@@ -13,7 +13,7 @@ from flows.tracking.runs import stage_run
 from pipeline_tasks.config import PipelineConfig
 
 if TYPE_CHECKING:
-    from pipeline_tasks.ssl.start import StartRecord
+    from pipeline_tasks.ssl.start_record import StartRecord
 
 
 def run_start(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> StartRecord:
@@ -29,12 +29,3 @@ def run_start(cfg: PipelineConfig, paths: ArtifactPaths, ctx: RunContext) -> Sta
         if record.probe:
             mlflow.log_metrics({f"probe_{k}": v for k, v in record.probe.items()})
         return record
-
-
-def started(cfg: PipelineConfig, paths: ArtifactPaths) -> PipelineConfig:
-    """``cfg`` with the start stage's encoder and weights in ``pretrain``: what the training
-    stages run."""
-    from pipeline_tasks.ssl.start import START_FILE, read_start  # noqa: PLC0415
-
-    require(paths.start / START_FILE, "start")
-    return cfg.model_copy(update={"pretrain": read_start(paths.start).applied(cfg.pretrain)})

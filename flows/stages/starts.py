@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING
 
 import mlflow
 
+from flows.stages.artifacts import ArtifactPaths, require
 from pipeline_tasks.config import PipelineConfig
+from pipeline_tasks.ssl.start_record import START_FILE, read_start
 
 if TYPE_CHECKING:
     from pipeline_tasks.models.starts import ResolvedWeights
@@ -38,3 +40,10 @@ def log_starting_weights(weights: ResolvedWeights | None) -> None:
     log.info("starting weights %s: %s", weights.label(), weights.describe())
     mlflow.log_params({"init_file": str(weights.path), "init_sha256": weights.sha256,
                        "init_licence": weights.licence[:500], "init_source": weights.source[:500]})
+
+
+def started(cfg: PipelineConfig, paths: ArtifactPaths) -> PipelineConfig:
+    """``cfg`` with the start stage's encoder and weights in ``pretrain``: what the training
+    stages run."""
+    require(paths.start / START_FILE, "start")
+    return cfg.model_copy(update={"pretrain": read_start(paths.start).applied(cfg.pretrain)})

@@ -13,9 +13,7 @@ it says. Ours: the decision rule is the product's.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,31 +27,11 @@ from pipeline_tasks.finetune.subsets import labeled_subset, stratified_subset
 from pipeline_tasks.models.inference import embed
 from pipeline_tasks.recipes import IMAGENET_START
 from pipeline_tasks.runtime import resolve_runtime
+from pipeline_tasks.ssl.start_record import PROBE_FILE, START_FILE, StartRecord
 
 # ImageNet must beat the pixels by this much on validation: one image in 50 (with 100 validation
 # labels, a 2-point lead is two images, not one that a tie-break could flip).
 START_MARGIN = 0.02
-START_FILE = "start.json"
-
-
-@dataclass(frozen=True)
-class StartRecord:
-    """The start a run took and why: ``choice`` (``scratch``, ``imagenet`` or ``init``), the
-    encoder and weights it means, a sentence, and the probe's validation accuracies."""
-
-    choice: str
-    encoder: str
-    init: str | None
-    reason: str
-    probe: dict[str, float] = field(default_factory=dict)
-
-    def applied(self, cfg: PretrainConfig) -> PretrainConfig:
-        """``cfg`` with this start's encoder and weights."""
-        return cfg.model_copy(update={"encoder": self.encoder, "init": self.init})
-
-
-def read_start(out_dir: str | Path) -> StartRecord:
-    return StartRecord(**json.loads((Path(out_dir) / START_FILE).read_text()))
 
 
 def _labeled(preprocessed_dir: Path, cfg: FinetuneConfig) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
@@ -93,7 +71,8 @@ def probe(preprocessed_dir: Path, pretrain: PretrainConfig, finetune: FinetuneCo
 
 def choose_start(preprocessed_dir: str | Path, pretrain: PretrainConfig, finetune: FinetuneConfig,
                  out_dir: str | Path) -> StartRecord:
-    """Decide the start as the module says and write ``out_dir/start.json``."""
+    """Decide the start as the module says and write ``out_dir/start.json`` (the decision) and
+    ``out_dir/probe.json`` (why, with the probe's numbers)."""
     pre = Path(preprocessed_dir)
     if pretrain.init:
         record = StartRecord("init", pretrain.encoder, pretrain.init,
@@ -107,7 +86,9 @@ def choose_start(preprocessed_dir: str | Path, pretrain: PretrainConfig, finetun
             "pretrain.start: auto on 1-channel images (ImageNet's weights are for colour photos)"
         record = StartRecord("scratch", pretrain.encoder, None, why)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(out_dir) / START_FILE).write_text(json.dumps(dataclasses.asdict(record), indent=2) + "\n")
+    (Path(out_dir) / START_FILE).write_text(record.decision + "\n")
+    (Path(out_dir) / PROBE_FILE).write_text(json.dumps({"reason": record.reason, "probe": record.probe},
+                                                       indent=2) + "\n")
     return record
 
 

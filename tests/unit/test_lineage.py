@@ -32,10 +32,12 @@ def test_a_stage_refuses_an_output_an_earlier_run_left(capsys: pytest.CaptureFix
     shutil.copytree(tiny_data, first)
     for c in "01234":  # the same images, other classes: what a second project version may be
         shutil.copytree(tiny_data / c, second / f"class_{c}")
-    for stage in ("validate", "preprocess", "pretrain", "finetune", "pool"):
-        assert _stage(capsys, stage, first)[0] == 0, stage
-    for stage in ("validate", "preprocess", "pretrain", "finetune"):  # the pool stage forgotten
-        assert _stage(capsys, stage, second)[0] == 0, stage
+    for stage in ("validate", "preprocess", "start", "pretrain", "finetune", "pool"):
+        code, err = _stage(capsys, stage, first)
+        assert code == 0, (stage, err[-500:])
+    for stage in ("validate", "preprocess", "start", "pretrain", "finetune"):  # the pool stage forgotten
+        code, err = _stage(capsys, stage, second)
+        assert code == 0, (stage, err[-500:])
     code, err = _stage(capsys, "evaluate", second)
     assert code == 1 and "artifacts/pool was computed from another" in err, err
     assert "run `pretrainflow stage pool`" in err and not (tmp_path / "artifacts" / "metrics.json").exists()

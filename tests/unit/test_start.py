@@ -13,7 +13,8 @@ from PIL import Image
 
 from pipeline_tasks.config import load_config
 from pipeline_tasks.data.cache import save_split
-from pipeline_tasks.ssl.start import choose_start, read_start
+from pipeline_tasks.ssl.start import choose_start
+from pipeline_tasks.ssl.start_record import read_start
 from tests.conftest import PARAMS
 
 SIZE = 64
