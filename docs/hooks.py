@@ -80,9 +80,17 @@ def render(markdown: str, root: Path, page: str = "index.md") -> str:
 
 
 def _project(root: Path) -> None:
-    """The repository's own packages first on the import path (the worktree, not an install)."""
+    """The repository's own packages first on the import path, and proof that they are the ones
+    imported (not those of another checkout that an editable install points to)."""
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
+    import flows  # noqa: PLC0415
+    import pipeline_tasks  # noqa: PLC0415
+
+    for package in (flows, pipeline_tasks):
+        if not Path(package.__file__ or "").resolve().is_relative_to(root):
+            raise PlaceholderError(f"{package.__name__} is imported from {package.__file__}, not from "
+                                   f"{root}: the site would document another checkout's code")
 
 
 def _no_args(kind: str, args: list[str]) -> None:
