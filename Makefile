@@ -9,7 +9,7 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install data run test test-fast lint clean
+.PHONY: install data run test test-fast lint docs clean
 
 install: $(STAMP)
 
@@ -33,9 +33,13 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check flows pipeline_tasks tests bench docker
+	$(BIN)/ruff check flows pipeline_tasks tests bench docker docs
 	$(BIN)/mypy pipeline_tasks
 	$(BIN)/hadolint --failure-threshold warning docker/Dockerfile
+
+# The documentation site (docs/, mkdocs.yml), offline; --strict fails on any warning.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf artifacts mlflow.db mlruns mlartifacts
