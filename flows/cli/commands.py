@@ -78,9 +78,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.orchestration.pipeline import pretrain_finetune  # noqa: PLC0415 - imports prefect
 
     # The flow records the tracked folders with `dvc add` after the gate, never before it.
-    state = pretrain_finetune(params=args.params, overrides=args.overrides, data_dir=args.data_dir,
-                              no_cache=args.no_cache, record_data=any(tracks(f) for f in folders),
-                              return_state=True)
+    try:
+        state = pretrain_finetune(params=args.params, overrides=args.overrides, data_dir=args.data_dir,
+                                  no_cache=args.no_cache, record_data=any(tracks(f) for f in folders),
+                                  return_state=True)
+    except RuntimeError as exc:  # Prefect's API did not answer before the flow could start
+        if "Prefect API" not in str(exc) and "PREFECT_API_URL" not in str(exc):
+            raise
+        raise UserError(f"{str(exc).splitlines()[0]} Check PREFECT_API_URL (unset: a temporary API on this "
+                        "machine, which PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS waits for)") from exc
     if state.is_failed():
         raise UserError(state.message or "the flow failed; see the log above")
     summary = state.result()

@@ -25,6 +25,12 @@ os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline_tasks")
 # machine it needed more, and the run failed before its first stage. 120 s costs nothing when it
 # is quick.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+# That API, and the servers of `pretrainflow ui`, are on this machine: never reached through a
+# proxy (HTTP(S)_PROXY without NO_PROXY sent Prefect's health checks to the proxy, and the run
+# never started).
+for _var in ("NO_PROXY", "no_proxy"):
+    _hosts = [h for h in os.environ.get(_var, "").split(",") if h]
+    os.environ[_var] = ",".join(dict.fromkeys([*_hosts, "127.0.0.1", "localhost"]))
 
 
 def _params_arg(p: argparse.ArgumentParser) -> None:
