@@ -28,9 +28,10 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 # That API, and the servers of `pretrainflow ui`, are on this machine: never reached through a
 # proxy (HTTP(S)_PROXY without NO_PROXY sent Prefect's health checks to the proxy, and the run
 # never started).
-for _var in ("NO_PROXY", "no_proxy"):
-    _hosts = [h for h in os.environ.get(_var, "").split(",") if h]
-    os.environ[_var] = ",".join(dict.fromkeys([*_hosts, "127.0.0.1", "localhost"]))
+_hosts = [*os.environ.get("NO_PROXY", "").split(","), *os.environ.get("no_proxy", "").split(","),
+          "127.0.0.1", "localhost"]
+_local = ",".join(dict.fromkeys(h for h in _hosts if h))
+os.environ["NO_PROXY"] = os.environ["no_proxy"] = _local
 
 
 def _params_arg(p: argparse.ArgumentParser) -> None:

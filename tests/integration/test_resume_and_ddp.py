@@ -120,7 +120,7 @@ def test_torchrun_runs_the_pretrain_stage_from_the_cli(tiny_data: Path, tmp_path
     bin_dir = Path(sys.executable).parent
     env = {**_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    for stage in ("validate", "preprocess"):
+    for stage in ("validate", "preprocess", "start"):
         done = subprocess.run(["pretrainflow", "stage", stage], cwd=tmp_path, env=env, capture_output=True,
                               text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli.servers import EXPERIMENT_KIND, TRAINING_KIND, ServerGroup
-from tests.conftest import free_port
+from tests.conftest import REPO, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -90,6 +90,7 @@ def tracking_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]
 def ui(tmp_path: Path, tracking_store: tuple[Path, str]) -> Iterator[Ui]:
     """`pretrainflow ui` in a project folder with an MLflow store, answering on two free ports."""
     shutil.copy(tracking_store[0], tmp_path / "mlflow.db")
+    shutil.copy(REPO / "params.yaml", tmp_path)  # the project's marker: a dvc.yaml in a parent is not it
     prefect_port, mlflow_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
     # PREFECT_HOME: a fresh Prefect database here, not the user's ~/.prefect

@@ -65,6 +65,9 @@ NOT_PASSED = {
     "MLFLOW_DISABLE_TELEMETRY": "`pretrainflow ui` (local servers) only; the stack runs its own",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "Prefect's temporary API only; the stack's worker "
                                                         "talks to its Prefect server (PREFECT_API_URL)",
+    "NO_PROXY": "the CLI adds 127.0.0.1 and localhost to what the user set; the stack's services reach "
+                "each other by service name, on a network with no proxy",
+    "no_proxy": "the same, in the lower-case spelling some HTTP clients read",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "flows/tracking/runs.py sets it to false unless the user did",
     "PRETRAINFLOW_ALLOW_PATHS": "read by a registered model where it is loaded (local batch use); the stack "
                                 "serves no model, and a model server must not set it",
