@@ -24,7 +24,9 @@ mnist-5k (1 channel: ``auto`` starts from scratch there without probing). Also e
 served model: CPU images/s (batch 64, 2 threads, at its input size) and its size.
 
     apt-get install mate-icon-theme faenza-icon-theme moka-icon-theme dataset-fashion-mnist
-    python bench/transfer.py --out bench/results --name transfer
+    python bench/transfer.py --data icons-distinct,icons-context --budgets 0.1 --name transfer
+    python bench/transfer.py --data fashion --budgets 10 --name transfer --append
+    python bench/transfer.py --data mnist-5k --budgets 4 --name transfer --append
 
 Writes ``<name>_runs.csv`` (one row per data, labels, seed, route), ``<name>.csv`` (mean and
 std over seeds), ``<name>_speed.csv`` and ``<name>.png``. Imports only pipeline_tasks, torch,
@@ -34,6 +36,7 @@ numpy, pandas, Pillow and matplotlib: it runs on a bare GPU machine too.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -139,6 +142,7 @@ def build_folder(name: str, out: Path, per_class: int) -> int:
 def prepare(name: str, root: Path, per_class: int) -> Data:
     """The folder, its manifest (pictures filed under two classes left out), two caches."""
     folder = root / name / "data"
+    shutil.rmtree(folder, ignore_errors=True)  # the bench's own copy: a run stopped half-way left one
     channels = build_folder(name, folder, per_class)
     manifest = build_manifest(folder)
     manifest = manifest[manifest["decodes"].astype(bool)]
@@ -353,9 +357,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--name", default="transfer")
     parser.add_argument("--work", type=Path, default=None, help="keep the caches and models here")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the other data sets' rows of an earlier run of --name (a data set with "
+                             "budgets of its own: one run per data set, one table)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     begun, rows, speed = time.perf_counter(), [], []
+    if args.append and (args.out / f"{args.name}_runs.csv").is_file():
+        rerun = args.data.split(",")
+        for kept, part in ((rows, "runs"), (speed, "speed")):
+            earlier = pd.read_csv(args.out / f"{args.name}_{part}.csv")
+            kept += earlier[~earlier["data"].isin(rerun)].to_dict("records")
     work = args.work or Path(tempfile.mkdtemp(prefix="transfer-"))
     budgets = [float(b) for b in args.budgets.split(",")]
     for name in args.data.split(","):

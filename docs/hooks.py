@@ -41,7 +41,7 @@ BENCH_COMMANDS = {
     r"label_selection.*": "python bench/label_selection.py",
     r"near_copies\.txt": "python bench/near_copies.py > bench/results/near_copies.txt",
     r"photo_scale\..*": "python bench/photo_scale.py --json bench/results/photo_scale.json",
-    r"transfer.*": "python bench/transfer.py --out bench/results --name transfer",
+    r"transfer.*": "python bench/transfer.py --name transfer (then --append, see the page)",
 }
 
 # The validate section's setting behind each check, by the column the check reads (None: the

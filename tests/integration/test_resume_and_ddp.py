@@ -134,7 +134,8 @@ def test_torchrun_runs_the_pretrain_stage_from_the_cli(tiny_data: Path, tmp_path
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("pretrainflow")
     runs = client.search_runs([experiment.experiment_id], "tags.`pretrainflow.stage` = 'pretrain'")
-    assert len(runs) == 1 and runs[0].data.metrics["pretrain_images"] == 90  # one run, from rank 0
+    n_train = json.loads((tmp_path / "artifacts" / "preprocessed" / "splits.json").read_text())["n_train"]
+    assert len(runs) == 1 and runs[0].data.metrics["pretrain_images"] == n_train  # one run, from rank 0
 
 
 def _torchrun(tmp_path: Path, cfg: PretrainConfig, pre: str, name: str) -> list[str]:
