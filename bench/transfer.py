@@ -339,6 +339,25 @@ def report(table: pd.DataFrame, speed: pd.DataFrame) -> None:
     print(speed.to_string(index=False))
 
 
+def choices(args: argparse.Namespace) -> None:
+    """``pretrain.start: auto``'s choice for each (data, labels, seed), without training: the
+    cheap half of the ``auto`` route, for data sets where the whole bench is too long."""
+    work, rows = args.work or Path(tempfile.mkdtemp(prefix="transfer-")), []
+    for name in args.data.split(","):
+        data = prepare(name, work, args.per_class)
+        cfg = settings(data, args)
+        for budget in (float(b) for b in args.budgets.split(",")):
+            for seed in (int(s) for s in args.seeds.split(",")):
+                finetune = budget_config(cfg.finetune, budget, seed)
+                out = work / name / f"start-{budget}-{seed}"
+                record = choose_start(data.large.out_dir, cfg.pretrain, finetune, out)
+                rows.append({"data": name, "labels": budget, "seed": seed, "choice": record.choice,
+                             **(record.probe or {})})
+                print(f"{name} labels {budget} seed {seed}: {record.reason}", flush=True)
+    pd.DataFrame(rows).to_csv(args.out / f"{args.name}_choice.csv", index=False)
+    print(f"wrote {args.out / args.name}_choice.csv")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -360,8 +379,15 @@ def main() -> None:
     parser.add_argument("--append", action="store_true",
                         help="keep the other data sets' rows of an earlier run of --name (a data set with "
                              "budgets of its own: one run per data set, one table)")
+    parser.add_argument("--choice-only", action="store_true",
+                        help="only what pretrain.start: auto chooses per (data, labels, seed), with the "
+                             "probe's numbers, into <name>_choice.csv (where it chooses scratch, its route "
+                             "is today's)")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    if args.choice_only:
+        choices(args)
+        return
     begun, rows, speed = time.perf_counter(), [], []
     if args.append and (args.out / f"{args.name}_runs.csv").is_file():
         rerun = args.data.split(",")
