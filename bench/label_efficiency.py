@@ -23,6 +23,8 @@ torch, numpy, pandas and Pillow are imported, so it also runs on a bare GPU mach
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
 import tempfile
 import time
@@ -86,6 +88,9 @@ def main() -> None:
     parser.add_argument("--budgets", default="10,100", help="labels per class (or fractions below 1)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="a preprocessed cache to use instead of --data (a run's artifacts/preprocessed, "
+                             "copied: that run's own splits)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="a recipe of settings under the --set ones, as pretrainflow run --preset")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
@@ -102,7 +107,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pre = args.work or Path(tmp)
         pre.mkdir(parents=True, exist_ok=True)
-        what = prepare(args, pre)
+        if args.cache:  # a run's own splits: the bench then differs from that run in its seeds alone
+            shutil.copytree(args.cache, pre, dirs_exist_ok=True)
+            what = f"the cache {args.cache}"
+        else:
+            what = prepare(args, pre)
         print(what, flush=True)
         start = time.perf_counter()
         encoder_path = pre / "pretrain" / "encoder.pt"
@@ -111,7 +120,9 @@ def main() -> None:
             print(f"pretrained {pretrain_cfg.epochs} epochs on {encoder.n_images} images in "
                   f"{time.perf_counter() - start:.0f} s (k-NN val accuracy {encoder.knn_accuracy:.3f})",
                   flush=True)
-        classes = tuple(str(c) for c in range(10))
+        names = pre / "classes.json"  # a run's cache names its classes; the bench's own are digits
+        digits = tuple(str(c) for c in range(10))
+        classes = tuple(json.loads(names.read_text())) if names.is_file() else digits
         sweep = Sweep(pre, encoder_path, classes, cfg.finetune, cfg.pool, pre / "sweep")
         rows = label_sweep(sweep, [float(b) for b in args.budgets.split(",")],
                            [int(s) for s in args.seeds.split(",")], args.modes.split(","),

@@ -177,6 +177,12 @@ class Encoders:
 
 
 def pretrain_encoders(data: Data, cfg: PipelineConfig, args: argparse.Namespace, root: Path) -> Encoders:
+    """The three starts, pretrained once per data set (reused from ``root`` when all are there)."""
+    kept = Encoders(root / "scratch" / "encoder.pt", root / "imagenet" / "encoder.pt",
+                    root / "imagenet_ssl" / "encoder.pt")
+    if all(p.is_file() for p in (kept.scratch, kept.imagenet, kept.imagenet_ssl)):
+        print(f"{data.name}: encoders reused from {root}", flush=True)
+        return kept
     start = time.perf_counter()
     simclr = cfg.pretrain.model_copy(update={"epochs": args.ssl_epochs})
     scratch = pretrain_encoder(data.small.out_dir, simclr, root / "scratch").encoder_path
@@ -383,6 +389,9 @@ def main() -> None:
                         help="only what pretrain.start: auto chooses per (data, labels, seed), with the "
                              "probe's numbers, into <name>_choice.csv (where it chooses scratch, its route "
                              "is today's)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="no training: the table and plot of <name>_runs.csv as it is (a run stopped "
+                             "early), and the served speed of the encoders in --work")
     args = parser.parse_args()
     torch.set_num_threads(2)
     if args.choice_only:
@@ -396,12 +405,14 @@ def main() -> None:
             kept += earlier[~earlier["data"].isin(rerun)].to_dict("records")
     work = args.work or Path(tempfile.mkdtemp(prefix="transfer-"))
     budgets = [float(b) for b in args.budgets.split(",")]
+    if args.report_only:
+        rows = pd.read_csv(args.out / f"{args.name}_runs.csv").to_dict("records")
     for name in args.data.split(","):
         data = prepare(name, work, args.per_class)
         cfg = settings(data, args)
         enc = pretrain_encoders(data, cfg, args, work / name)
         speed += served_speed(data, enc)
-        for budget in budgets:
+        for budget in [] if args.report_only else budgets:
             for seed in (int(s) for s in args.seeds.split(",")):
                 found = one_cell(data, enc, cfg, budget, seed, work / name / f"{budget}-{seed}")
                 rows += found
