@@ -30,7 +30,8 @@ def encoder_path(pre: PreprocessRecord, tiny_cfg: PipelineConfig,
     rec = pretrain_encoder(pre.out_dir, cfg, tmp_path_factory.mktemp("pt"),
                            lambda m, s: logged.append((m, s)))
     assert [s for _, s in logged] == [0, 1, 2]  # once per epoch, then the kNN monitor
-    assert np.isfinite(rec.final_loss) and 0 <= rec.knn_accuracy <= 1
+    # the k-NN monitor scores the encoder's features against the labels: above chance (0.25 here)
+    assert np.isfinite(rec.final_loss) and 2 / len(pre.classes) <= rec.knn_accuracy <= 1
     return rec.encoder_path
 
 
